@@ -1,0 +1,407 @@
+//! Validation and normalization of one Fetch login message.
+//!
+//! This is plain Rust with no wasm in sight, so it can be unit-tested and
+//! benchmarked natively; `component.rs` wraps it for the WIT world. Masking is
+//! passed in as a function because its key lives in the host.
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Datelike};
+use serde_json::{Map, Value};
+
+/// Fields a login message must carry, as non-null strings.
+const REQUIRED: [&str; 5] = ["user_id", "device_type", "ip", "device_id", "app_version"];
+
+/// Column limits of `user_logins`, in characters (varchar counts characters).
+const USER_ID_MAX_CHARS: usize = 128;
+const DEVICE_TYPE_MAX_CHARS: usize = 32;
+const LOCALE_MAX_CHARS: usize = 32;
+/// Masking grows a value by a fixed overhead and base64's 4/3; 128 bytes of
+/// plaintext mask to at most 224 characters, inside `varchar(256)`.
+const MASKED_INPUT_MAX_BYTES: usize = 128;
+
+/// A normalized `user_logins` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub user_id: String,
+    pub device_type: String,
+    pub masked_ip: String,
+    pub masked_device_id: String,
+    pub locale: Option<String>,
+    pub app_version: i32,
+    pub create_date: Date,
+}
+
+/// A UTC calendar date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Date {
+    pub year: i32,
+    pub month: u8,
+    pub day: u8,
+}
+
+/// Why a message was refused. `detail` names fields, never their values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: &'static str,
+    pub detail: String,
+}
+
+impl Rejection {
+    fn new(code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Turns one message body into a row, or says why it cannot.
+///
+/// `mask(field, value)` is the host's keyed masking function.
+pub fn transform(
+    body: &str,
+    sent_timestamp_ms: u64,
+    mask: &mut impl FnMut(&str, &str) -> String,
+) -> Result<Row, Rejection> {
+    let value: Value = serde_json::from_str(body).map_err(|e| {
+        // serde_json's syntax errors carry a position, never the input text.
+        Rejection::new(
+            "invalid_json",
+            format!(
+                "body is not valid JSON ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    let Value::Object(object) = value else {
+        return Err(Rejection::new(
+            "not_an_object",
+            format!("body is JSON {}, not an object", json_kind(&value)),
+        ));
+    };
+    if !REQUIRED.iter().any(|field| object.contains_key(*field)) {
+        return Err(Rejection::new(
+            "wrong_schema",
+            "body has none of the login fields (user_id, device_type, ip, device_id, app_version)",
+        ));
+    }
+
+    let user_id = required_str(&object, "user_id")?;
+    let device_type = required_str(&object, "device_type")?;
+    let ip = required_str(&object, "ip")?;
+    let device_id = required_str(&object, "device_id")?;
+    let app_version = required_str(&object, "app_version")?;
+    let locale = optional_str(&object, "locale")?;
+
+    check_chars("user_id", user_id, USER_ID_MAX_CHARS)?;
+    check_chars("device_type", device_type, DEVICE_TYPE_MAX_CHARS)?;
+    if let Some(locale) = locale {
+        check_chars("locale", locale, LOCALE_MAX_CHARS)?;
+    }
+    if device_id.len() > MASKED_INPUT_MAX_BYTES {
+        return Err(Rejection::new(
+            "value_too_long",
+            format!("field `device_id` is longer than {MASKED_INPUT_MAX_BYTES} bytes"),
+        ));
+    }
+
+    // Masking the canonical text makes equal addresses mask equally however
+    // they were written ("::1" and "0::1"); dotted-quad IPv4 is unchanged.
+    let ip: IpAddr = ip
+        .parse()
+        .map_err(|_| Rejection::new("invalid_ip", "field `ip` is not an IPv4 or IPv6 address"))?;
+    let app_version = parse_app_version(app_version).ok_or_else(|| {
+        Rejection::new(
+            "invalid_app_version",
+            "field `app_version` is not a version x, x.y or x.y.z with parts 0-99",
+        )
+    })?;
+    let create_date = utc_date(sent_timestamp_ms).ok_or_else(|| {
+        Rejection::new(
+            "invalid_timestamp",
+            "SentTimestamp is outside the representable date range",
+        )
+    })?;
+
+    Ok(Row {
+        user_id: user_id.to_owned(),
+        device_type: device_type.to_owned(),
+        masked_ip: mask("ip", &ip.to_string()),
+        masked_device_id: mask("device_id", device_id),
+        locale: locale.map(str::to_owned),
+        app_version,
+        create_date,
+    })
+}
+
+/// `x`, `x.y` or `x.y.z` → `x*10000 + y*100 + z`, each part one or two
+/// digits. Unlike dropping the dots, this keeps "2.3.0" apart from "2.30" and
+/// "0.96" apart from "9.6".
+pub fn parse_app_version(text: &str) -> Option<i32> {
+    let mut parts = text.split('.');
+    let mut version = 0;
+    for weight in [10_000, 100, 1] {
+        let Some(part) = parts.next() else { break };
+        version += weight * parse_version_part(part)?;
+    }
+    parts.next().is_none().then_some(version)
+}
+
+fn parse_version_part(part: &str) -> Option<i32> {
+    let bytes = part.as_bytes();
+    if bytes.is_empty() || bytes.len() > 2 || !bytes.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    part.parse().ok()
+}
+
+/// The UTC calendar date of a millisecond Unix timestamp.
+pub fn utc_date(timestamp_ms: u64) -> Option<Date> {
+    let date = DateTime::from_timestamp_millis(i64::try_from(timestamp_ms).ok()?)?.date_naive();
+    Some(Date {
+        year: date.year(),
+        month: u8::try_from(date.month()).ok()?,
+        day: u8::try_from(date.day()).ok()?,
+    })
+}
+
+fn required_str<'a>(object: &'a Map<String, Value>, field: &str) -> Result<&'a str, Rejection> {
+    match object.get(field) {
+        Some(Value::String(text)) => Ok(text),
+        Some(Value::Null) => Err(Rejection::new(
+            "null_field",
+            format!("required field `{field}` is null"),
+        )),
+        Some(other) => Err(wrong_type(field, other)),
+        None => Err(Rejection::new(
+            "missing_field",
+            format!("required field `{field}` is missing"),
+        )),
+    }
+}
+
+fn optional_str<'a>(
+    object: &'a Map<String, Value>,
+    field: &str,
+) -> Result<Option<&'a str>, Rejection> {
+    match object.get(field) {
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(Value::Null) | None => Ok(None),
+        Some(other) => Err(wrong_type(field, other)),
+    }
+}
+
+fn wrong_type(field: &str, value: &Value) -> Rejection {
+    Rejection::new(
+        "wrong_type",
+        format!(
+            "field `{field}` is a JSON {}, not a string",
+            json_kind(value)
+        ),
+    )
+}
+
+fn check_chars(field: &str, text: &str, max: usize) -> Result<(), Rejection> {
+    if text.chars().count() > max {
+        return Err(Rejection::new(
+            "value_too_long",
+            format!("field `{field}` is longer than {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"{"user_id": "424cdd21-063a-43a7-b91b-7ca1a833afae", "app_version": "2.3.0", "device_type": "android", "ip": "199.172.111.135", "locale": "RU", "device_id": "593-47-5928"}"#;
+    // 2022-12-12T10:00:00Z
+    const SENT_MS: u64 = 1_670_839_200_000;
+
+    /// Stands in for the host's key: visibly tagged, so tests see what was masked.
+    fn tag(field: &str, value: &str) -> String {
+        format!("<{field}:{value}>")
+    }
+
+    fn run(body: &str) -> Result<Row, Rejection> {
+        transform(body, SENT_MS, &mut tag)
+    }
+
+    fn rejection_code(body: &str) -> &'static str {
+        run(body).expect_err("should be rejected").code
+    }
+
+    #[test]
+    fn sample_message_becomes_a_row() {
+        let row = run(SAMPLE).expect("valid");
+        assert_eq!(
+            row,
+            Row {
+                user_id: "424cdd21-063a-43a7-b91b-7ca1a833afae".into(),
+                device_type: "android".into(),
+                masked_ip: "<ip:199.172.111.135>".into(),
+                masked_device_id: "<device_id:593-47-5928>".into(),
+                locale: Some("RU".into()),
+                app_version: 20300,
+                create_date: Date {
+                    year: 2022,
+                    month: 12,
+                    day: 12
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn app_versions_keep_distinct_versions_apart() {
+        let cases = [
+            ("2.3.0", 20300),
+            ("2.3", 20300),
+            ("2.30", 23000),
+            ("0.96", 9600),
+            ("9.6", 90600),
+            ("0.9.6", 906),
+            ("2.0", 20000),
+            ("2.00", 20000),
+            ("6.02", 60200),
+            ("9.10", 91000),
+            ("7", 70000),
+            ("0", 0),
+            ("99.99.99", 999999),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_app_version(text), Some(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn malformed_app_versions_are_refused() {
+        for text in [
+            "", ".", "1.", ".1", "1..2", "1.2.3.4", "100", "1.100", "a.b", "1.2a", "-1", "+1",
+            " 1.2", "1.2 ", "١.٢",
+        ] {
+            assert_eq!(parse_app_version(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn null_locale_stays_null_and_missing_locale_is_null() {
+        let row = run(&SAMPLE.replace(r#""RU""#, "null")).expect("valid");
+        assert_eq!(row.locale, None);
+        let row = run(&SAMPLE.replace(r#", "locale": "RU""#, "")).expect("valid");
+        assert_eq!(row.locale, None);
+    }
+
+    #[test]
+    fn the_sample_malformed_message_is_wrong_schema() {
+        assert_eq!(
+            rejection_code(r#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#),
+            "wrong_schema"
+        );
+    }
+
+    #[test]
+    fn each_kind_of_bad_input_has_its_reason() {
+        assert_eq!(rejection_code("{"), "invalid_json");
+        assert_eq!(rejection_code(""), "invalid_json");
+        assert_eq!(rejection_code("[1, 2]"), "not_an_object");
+        assert_eq!(rejection_code("\"text\""), "not_an_object");
+        assert_eq!(
+            rejection_code(&SAMPLE.replace(r#""ip": "199.172.111.135", "#, "")),
+            "missing_field"
+        );
+        assert_eq!(
+            rejection_code(&SAMPLE.replace(r#""593-47-5928""#, "null")),
+            "null_field"
+        );
+        assert_eq!(
+            rejection_code(&SAMPLE.replace(r#""2.3.0""#, "2.3")),
+            "wrong_type"
+        );
+        assert_eq!(
+            rejection_code(&SAMPLE.replace(r#""RU""#, "7")),
+            "wrong_type"
+        );
+        assert_eq!(
+            rejection_code(&SAMPLE.replace("199.172.111.135", "199.172.111.256")),
+            "invalid_ip"
+        );
+        assert_eq!(
+            rejection_code(&SAMPLE.replace("\"2.3.0\"", "\"2.3.0-beta\"")),
+            "invalid_app_version"
+        );
+        assert_eq!(
+            rejection_code(&SAMPLE.replace("android", &"x".repeat(33))),
+            "value_too_long"
+        );
+        assert_eq!(
+            rejection_code(&SAMPLE.replace("593-47-5928", &"9".repeat(129))),
+            "value_too_long"
+        );
+    }
+
+    #[test]
+    fn limits_count_characters_not_bytes() {
+        // 32 three-byte characters fit varchar(32).
+        let row = run(&SAMPLE.replace("android", &"é".repeat(32))).expect("valid");
+        assert_eq!(row.device_type.chars().count(), 32);
+    }
+
+    #[test]
+    fn ipv6_is_masked_in_canonical_form() {
+        let row = run(&SAMPLE.replace("199.172.111.135", "2001:DB8:0:0::1")).expect("valid");
+        assert_eq!(row.masked_ip, "<ip:2001:db8::1>");
+    }
+
+    #[test]
+    fn rejection_details_never_echo_values() {
+        let secret_ip = "300.1.2.3";
+        let secret_device = "SECRET-DEVICE";
+        for body in [
+            SAMPLE.replace("199.172.111.135", secret_ip),
+            SAMPLE.replace("\"2.3.0\"", &format!("\"{secret_device}\"")),
+            format!("{{\"ip\": \"{secret_ip}\""),
+        ] {
+            let rejection = run(&body).expect_err("rejected");
+            assert!(!rejection.detail.contains(secret_ip), "{rejection:?}");
+            assert!(!rejection.detail.contains(secret_device), "{rejection:?}");
+        }
+    }
+
+    #[test]
+    fn create_date_is_the_utc_date_of_sent_timestamp() {
+        // 2022-12-31T23:59:59.999Z and one millisecond later.
+        assert_eq!(
+            utc_date(1_672_531_199_999),
+            Some(Date {
+                year: 2022,
+                month: 12,
+                day: 31
+            })
+        );
+        assert_eq!(
+            utc_date(1_672_531_200_000),
+            Some(Date {
+                year: 2023,
+                month: 1,
+                day: 1
+            })
+        );
+        assert_eq!(utc_date(u64::MAX), None);
+    }
+}

@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# The local stack without Docker: a throwaway PostgreSQL 15 cluster and
+# LocalStack's SQS, both on 127.0.0.1, both living under .data/ (git-ignored).
+#
+#   scripts/stack.sh up      install what is missing, start both (idempotent)
+#   scripts/stack.sh down    stop both
+#   scripts/stack.sh status  say what runs
+#
+# Every step checks before it acts, so `up` on a running stack is a no-op and
+# `up` on a fresh machine installs everything it needs from package registries.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+data="$root/.data"
+pg_dir="$data/pg"
+pg_port="${MASKPIPE_PG_PORT:-25432}"
+ls_port="${MASKPIPE_SQS_PORT:-4566}"
+venv="$data/localstack-venv"
+
+log() { printf '\033[1;34m[stack]\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31m[stack] error:\033[0m %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- PostgreSQL
+
+pg_bin() {
+    # Debian keeps the server binaries off PATH; some images add wrappers.
+    if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then
+        dirname "$(command -v pg_ctl)"
+        return
+    fi
+    local d
+    for d in /usr/lib/postgresql/*/bin; do
+        [ -x "$d/pg_ctl" ] && { echo "$d"; return; }
+    done
+    return 1
+}
+
+ensure_postgres_installed() {
+    pg_bin >/dev/null && return
+    log "installing postgresql-15 from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq postgresql-15 postgresql-client-15 >/dev/null
+    pg_bin >/dev/null || die "postgresql-15 installed but pg_ctl not found"
+}
+
+# initdb refuses to run as root: run the cluster as the `postgres` user when we are root.
+as_pg() {
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+postgres_up() {
+    ensure_postgres_installed
+    local bin; bin="$(pg_bin)"
+    mkdir -p "$data"
+    if [ ! -f "$pg_dir/PG_VERSION" ]; then
+        log "initialising PostgreSQL cluster in .data/pg"
+        mkdir -p "$pg_dir"
+        [ "$(id -u)" = 0 ] && chown postgres: "$pg_dir" && chmod 755 "$data"
+        as_pg "$bin/initdb" -D "$pg_dir" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
+    fi
+    if as_pg "$bin/pg_ctl" -D "$pg_dir" status >/dev/null 2>&1; then
+        log "PostgreSQL already running on 127.0.0.1:$pg_port"
+    else
+        log "starting PostgreSQL on 127.0.0.1:$pg_port"
+        as_pg "$bin/pg_ctl" -D "$pg_dir" -l "$pg_dir/server.log" -w -t 60 \
+            -o "-p $pg_port -c listen_addresses=127.0.0.1 -k $pg_dir -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+            start >/dev/null || { tail -20 "$pg_dir/server.log" >&2; die "PostgreSQL did not start"; }
+    fi
+    # `maskpipe` is the demo database; tests create their own.
+    if ! psql_local -tAc "select 1 from pg_database where datname = 'maskpipe'" | grep -q 1; then
+        psql_local -qc "create database maskpipe" >/dev/null
+    fi
+}
+
+postgres_down() {
+    local bin
+    bin="$(pg_bin)" || return 0
+    if [ -f "$pg_dir/PG_VERSION" ] && as_pg "$bin/pg_ctl" -D "$pg_dir" status >/dev/null 2>&1; then
+        log "stopping PostgreSQL"
+        as_pg "$bin/pg_ctl" -D "$pg_dir" -m fast -w stop >/dev/null
+    fi
+}
+
+psql_local() {
+    psql -X -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres "$@"
+}
+
+# ------------------------------------------------------------ LocalStack SQS
+
+# localstack-core 2026.x needs Python >= 3.13.
+find_python313() {
+    local c
+    for c in python3.14 python3.13 "$HOME"/.pyenv/versions/3.14*/bin/python3 "$HOME"/.pyenv/versions/3.13*/bin/python3; do
+        if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 13))' 2>/dev/null; then
+            command -v "$c"
+            return
+        fi
+    done
+    return 1
+}
+
+ensure_localstack_installed() {
+    if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import localstack.runtime.main' 2>/dev/null; then
+        return
+    fi
+    local py
+    py="$(find_python313)" || die "LocalStack needs Python >= 3.13 (python3.13 on PATH or under ~/.pyenv); none found"
+    log "installing LocalStack (SQS only) into .data/localstack-venv with $py"
+    rm -rf "$venv"
+    "$py" -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$root/scripts/localstack-requirements.txt"
+}
+
+localstack_healthy() {
+    curl -fsS "http://127.0.0.1:$ls_port/_localstack/health" 2>/dev/null | grep -q '"sqs": *"\(available\|running\)"'
+}
+
+localstack_up() {
+    if localstack_healthy; then
+        log "LocalStack SQS already running on 127.0.0.1:$ls_port"
+        return
+    fi
+    ensure_localstack_installed
+    log "starting LocalStack SQS on 127.0.0.1:$ls_port"
+    mkdir -p "$data/localstack"
+    (
+        cd "$data/localstack"
+        GATEWAY_SERVER=hypercorn GATEWAY_LISTEN="127.0.0.1:$ls_port" LOCALSTACK_HOST="127.0.0.1:$ls_port" \
+        SQS_ENDPOINT_STRATEGY=off SERVICES=sqs EAGER_SERVICE_LOADING=1 DNS_ADDRESS=0 \
+        LOCALSTACK_VOLUME_DIR="$data/localstack/volume" SKIP_SSL_CERT_DOWNLOAD=1 DISABLE_EVENTS=1 \
+            nohup setsid "$venv/bin/python" -m localstack.runtime.main >"$data/localstack/server.log" 2>&1 &
+        echo $! >"$data/localstack/pid"
+    )
+    local i
+    for i in $(seq 1 120); do
+        localstack_healthy && return
+        if ! kill -0 "$(cat "$data/localstack/pid")" 2>/dev/null; then
+            tail -30 "$data/localstack/server.log" >&2
+            die "LocalStack exited during startup"
+        fi
+        sleep 0.5
+    done
+    tail -30 "$data/localstack/server.log" >&2
+    die "LocalStack did not become healthy within 60 s"
+}
+
+localstack_down() {
+    local pidfile="$data/localstack/pid"
+    [ -f "$pidfile" ] || return 0
+    local pid; pid="$(cat "$pidfile")"
+    if kill -0 "$pid" 2>/dev/null; then
+        log "stopping LocalStack"
+        # setsid made it a process group leader: stop its workers too.
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+        kill -KILL -- "-$pid" 2>/dev/null || true
+    fi
+    rm -f "$pidfile"
+}
+
+# --------------------------------------------------------------------- main
+
+case "${1:-}" in
+    up) postgres_up; localstack_up ;;
+    down) localstack_down; postgres_down ;;
+    postgres-up) postgres_up ;;
+    postgres-down) postgres_down ;;
+    sqs-up) localstack_up ;;
+    sqs-down) localstack_down ;;
+    status)
+        bin="$(pg_bin 2>/dev/null)" || true
+        if [ -n "${bin:-}" ] && [ -f "$pg_dir/PG_VERSION" ] && as_pg "$bin/pg_ctl" -D "$pg_dir" status >/dev/null 2>&1; then
+            echo "postgres: running on 127.0.0.1:$pg_port"
+        else
+            echo "postgres: stopped"
+        fi
+        if localstack_healthy; then echo "sqs: running on 127.0.0.1:$ls_port"; else echo "sqs: stopped"; fi
+        ;;
+    *) echo "usage: $0 up|down|status|postgres-up|postgres-down|sqs-up|sqs-down" >&2; exit 2 ;;
+esac

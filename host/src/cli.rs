@@ -1,0 +1,278 @@
+//! The commands: `run`, `reveal`, `keygen` and `queue load`.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio::sync::watch;
+
+use crate::config::{KeyArgs, RunArgs};
+use crate::masking::MasterKey;
+use crate::pipeline::{Pipeline, Summary, describe_transform};
+use crate::runtime::{self, Transform};
+use crate::sink::redact_url;
+use crate::source::SqsSource;
+
+#[derive(Parser, Debug)]
+#[command(name = "maskpipe", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "MASKPIPE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing's EnvFilter syntax, e.g. `info` or `maskpipe=debug`).
+    #[arg(long, global = true, env = "MASKPIPE_LOG", default_value = "info")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Consume the queue: transform every message and write rows to PostgreSQL.
+    Run(RunArgs),
+    /// Print the plaintext of masked values or sealed dead-letter bodies
+    /// (arguments, or one per line on stdin).
+    Reveal(RevealArgs),
+    /// Print a new random master key (64 hex digits).
+    Keygen,
+    /// Queue utilities for local stacks and tests.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct RevealArgs {
+    /// Masked values (`mp1.…`) or sealed bodies (`mp1s.…`).
+    pub values: Vec<String>,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QueueCommand {
+    /// Create a queue if missing and send each line of a file as one message.
+    Load {
+        /// Queue name.
+        #[arg(long, env = "MASKPIPE_QUEUE", value_name = "NAME")]
+        queue: String,
+        /// File of message bodies, one per line (JSON Lines).
+        file: PathBuf,
+        /// Send only if this call created the queue (seed a demo once).
+        #[arg(long)]
+        if_created: bool,
+    },
+}
+
+pub fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // The AWS SDK is chatty at info about credential providers.
+        .add_directive("aws_config=warn".parse().expect("static directive"))
+        .add_directive("aws_smithy_runtime=warn".parse().expect("static directive"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run(args).await,
+        Command::Reveal(args) => reveal(args),
+        Command::Keygen => {
+            println!("{}", MasterKey::generate_hex());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Queue(QueueCommand::Load {
+            queue,
+            file,
+            if_created,
+        }) => load_queue(&queue, &file, if_created).await,
+    }
+}
+
+async fn run(args: RunArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    // Validate everything local before touching the network.
+    let keyring = args.keys.keyring()?;
+    let settings = args.settings()?;
+    let engine = runtime::engine()?;
+    let transform = Arc::new(Transform::load(
+        &engine,
+        &args.transform,
+        Arc::clone(&keyring),
+        args.limits(),
+    )?);
+    tracing::info!(
+        "loaded {} from {}",
+        describe_transform(&transform),
+        args.transform.display()
+    );
+    let source = SqsSource::connect(&args.queue).await?;
+    tracing::info!(
+        queue = source.queue_url(),
+        database = %redact_url(&settings.database_url),
+        pollers = settings.pollers,
+        key_id = keyring.current_key_id(),
+        "starting{}",
+        if settings.drain { " (drain: exit when the queue is empty)" } else { "" }
+    );
+
+    let (stop, shutdown) = watch::channel(false);
+    tokio::spawn(stop_on_signal(stop));
+    let drain = settings.drain;
+    let pipeline = Pipeline::new(source.clone(), transform, keyring, settings);
+    let summary = pipeline.run(shutdown).await?;
+
+    let depth = source.depth().await.ok();
+    print_summary(
+        &summary,
+        started,
+        drain,
+        depth.map(|d| d.visible + d.in_flight),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// First SIGINT/SIGTERM: stop polling, finish in-flight batches. Second: exit now.
+async fn stop_on_signal(stop: watch::Sender<bool>) {
+    wait_for_signal().await;
+    tracing::info!("shutting down: finishing in-flight batches (signal again to stop at once)");
+    let _ = stop.send(true);
+    wait_for_signal().await;
+    tracing::warn!("stopping at once; unfinished batches will be redelivered by SQS");
+    std::process::exit(130);
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn print_summary(summary: &Summary, started: Instant, drained: bool, left: Option<u64>) {
+    let elapsed = started.elapsed().as_secs_f64();
+    let reasons = summary
+        .dead_letters_by_reason
+        .iter()
+        .map(|(reason, count)| format!("{reason}: {count}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "maskpipe: {} after {elapsed:.1} s",
+        if drained { "queue drained" } else { "stopped" }
+    );
+    let _ = writeln!(out, "  messages received   {}", summary.received);
+    let _ = writeln!(out, "  rows written        {}", summary.rows);
+    let _ = writeln!(
+        out,
+        "  dead letters        {}{}",
+        summary.dead_letters,
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!("  ({reasons})")
+        }
+    );
+    let _ = writeln!(out, "  duplicates skipped  {}", summary.duplicates);
+    if summary.delete_failures > 0 {
+        let _ = writeln!(
+            out,
+            "  deletes failed      {} (will be redelivered and skipped)",
+            summary.delete_failures
+        );
+    }
+    if let Some(left) = left {
+        let _ = writeln!(out, "  left in queue       {left}");
+    }
+}
+
+fn reveal(args: RevealArgs) -> Result<ExitCode> {
+    let keyring = args.keys.keyring()?;
+    let values: Vec<String> = if args.values.is_empty() {
+        std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<Result<_, _>>()
+            .context("cannot read values from stdin")?
+    } else {
+        args.values
+    };
+    let mut failed = false;
+    let mut out = std::io::stdout().lock();
+    for value in values.iter().filter(|v| !v.trim().is_empty()) {
+        match keyring.reveal(value) {
+            Ok(plain) => writeln!(out, "{}", String::from_utf8_lossy(&plain))?,
+            Err(error) => {
+                failed = true;
+                eprintln!("maskpipe: cannot reveal {}: {error}", truncate(value, 24));
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn load_queue(queue: &str, file: &PathBuf, if_created: bool) -> Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let bodies: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    let (source, existed) = SqsSource::create(queue).await?;
+    if existed && if_created {
+        println!(
+            "queue {queue} already exists: not loading {}",
+            file.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let sent = source.send(&bodies).await?;
+    println!("sent {sent} messages to {}", source.queue_url());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((index, _)) => format!("{}…", &text[..index]),
+        None => text.to_owned(),
+    }
+}

@@ -1,0 +1,206 @@
+//! Settings: every one an environment variable (12-factor, see `demo.env`)
+//! that a command-line flag overrides. `maskpipe <command> --help` lists them.
+//!
+//! AWS settings are not here: region, credentials and `AWS_ENDPOINT_URL` come
+//! from the standard AWS chain, as every AWS tool reads them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::masking::{Keyring, MasterKey, parse_retired_keys};
+use crate::pipeline::Settings;
+use crate::runtime::Limits;
+use crate::source::{MAX_BATCH, MAX_WAIT_SECONDS};
+
+/// The masking keys.
+#[derive(Args, Debug, Clone)]
+pub struct KeyArgs {
+    /// Master key: 32 bytes as 64 hex digits or base64. Every working key
+    /// derives from it. Prefer the environment: flags show in `ps`.
+    #[arg(
+        long,
+        env = "MASKPIPE_MASTER_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub master_key: Option<String>,
+
+    /// Id of the master key, written into every masked value so keys can rotate.
+    #[arg(long, env = "MASKPIPE_KEY_ID", default_value = "k1", value_name = "ID")]
+    pub key_id: String,
+
+    /// Earlier keys, still needed to reveal older values: `ID=KEY,ID=KEY`.
+    #[arg(
+        long,
+        env = "MASKPIPE_RETIRED_KEYS",
+        hide_env_values = true,
+        value_name = "ID=KEY,..."
+    )]
+    pub retired_keys: Option<String>,
+}
+
+impl KeyArgs {
+    pub fn keyring(&self) -> Result<Arc<Keyring>> {
+        let master = self.master_key.as_deref().context(
+            "no masking key: set MASKPIPE_MASTER_KEY (generate one with `maskpipe keygen`)",
+        )?;
+        let master = MasterKey::parse(master).context("MASKPIPE_MASTER_KEY is unusable")?;
+        let retired = match &self.retired_keys {
+            Some(text) => parse_retired_keys(text).context("MASKPIPE_RETIRED_KEYS is unusable")?,
+            None => Vec::new(),
+        };
+        Ok(Arc::new(
+            Keyring::new(&self.key_id, &master, &retired).context("the keyring is unusable")?,
+        ))
+    }
+}
+
+/// Settings of `maskpipe run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// SQS queue to consume: a queue URL, or a queue name to look up.
+    #[arg(long, env = "MASKPIPE_QUEUE", value_name = "URL|NAME")]
+    pub queue: String,
+
+    /// PostgreSQL connection string (URL or key=value form).
+    #[arg(
+        long,
+        env = "MASKPIPE_DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub database_url: String,
+
+    /// The transform component (.wasm).
+    #[arg(long, env = "MASKPIPE_TRANSFORM", value_name = "PATH")]
+    pub transform: PathBuf,
+
+    /// Concurrent pollers: each receives, transforms, writes and deletes one
+    /// batch at a time with its own wasm instance and database connection.
+    #[arg(long, env = "MASKPIPE_POLLERS", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub pollers: u16,
+
+    /// Messages per receive (SQS allows at most 10).
+    #[arg(long, env = "MASKPIPE_BATCH_SIZE", default_value_t = 10,
+          value_parser = clap::value_parser!(u8).range(1..=MAX_BATCH as i64))]
+    pub batch_size: u8,
+
+    /// Long-poll wait of each receive, in seconds (0-20).
+    #[arg(long, env = "MASKPIPE_WAIT_SECONDS", default_value_t = 20,
+          value_parser = clap::value_parser!(u8).range(0..=MAX_WAIT_SECONDS as i64))]
+    pub wait_seconds: u8,
+
+    /// Wall-clock budget of one transform call, in milliseconds; a call past
+    /// it is stopped and its message dead-lettered as `transform_trap`.
+    #[arg(long, env = "MASKPIPE_TRANSFORM_TIMEOUT_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub transform_timeout_ms: u64,
+
+    /// Memory cap of each transform instance, in MiB.
+    #[arg(long, env = "MASKPIPE_TRANSFORM_MEMORY_MIB", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub transform_memory_mib: u32,
+
+    /// Exit when the queue is empty and print a summary, instead of polling forever.
+    #[arg(long, env = "MASKPIPE_DRAIN")]
+    pub drain: bool,
+
+    /// Seconds between progress log lines; 0 turns them off.
+    #[arg(long, env = "MASKPIPE_PROGRESS_SECONDS", default_value_t = 5)]
+    pub progress_seconds: u64,
+
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+impl RunArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            deadline: Duration::from_millis(self.transform_timeout_ms),
+            memory_bytes: (self.transform_memory_mib as usize) << 20,
+        }
+    }
+
+    pub fn settings(&self) -> Result<Settings> {
+        if self.database_url.trim().is_empty() {
+            bail!("MASKPIPE_DATABASE_URL is empty");
+        }
+        Ok(Settings {
+            pollers: self.pollers.into(),
+            batch_size: self.batch_size.into(),
+            wait_seconds: self.wait_seconds.into(),
+            database_url: self.database_url.clone(),
+            drain: self.drain,
+            progress_every: (self.progress_seconds > 0)
+                .then(|| Duration::from_secs(self.progress_seconds)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Probe {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        Probe::try_parse_from(
+            [
+                "maskpipe",
+                "--queue",
+                "q",
+                "--database-url",
+                "postgres://x",
+                "--transform",
+                "t.wasm",
+            ]
+            .iter()
+            .chain(args),
+        )
+        .map(|probe| probe.run)
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let run = parse(&[]).unwrap();
+        assert_eq!(run.pollers, 4);
+        assert_eq!(run.batch_size, 10);
+        assert_eq!(run.wait_seconds, 20);
+        assert_eq!(run.limits().memory_bytes, 64 << 20);
+        assert!(!run.drain);
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        assert!(parse(&["--batch-size", "11"]).is_err());
+        assert!(parse(&["--batch-size", "0"]).is_err());
+        assert!(parse(&["--wait-seconds", "21"]).is_err());
+        assert!(parse(&["--pollers", "0"]).is_err());
+    }
+
+    #[test]
+    fn missing_or_bad_keys_are_clear_errors() {
+        let keys = |master: Option<&str>| KeyArgs {
+            master_key: master.map(str::to_owned),
+            key_id: "k1".into(),
+            retired_keys: None,
+        };
+        let missing = keys(None).keyring().unwrap_err();
+        assert!(format!("{missing:#}").contains("MASKPIPE_MASTER_KEY"));
+        let short = keys(Some("deadbeef")).keyring().unwrap_err();
+        assert!(format!("{short:#}").contains("32 bytes"), "{short:#}");
+        assert!(!format!("{short:#}").contains("deadbeef"));
+        assert!(keys(Some(&"ab".repeat(32))).keyring().is_ok());
+    }
+}

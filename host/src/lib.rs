@@ -1,0 +1,26 @@
+//! maskpipe: a streaming PII-masking pipeline.
+//!
+//! Data flows one way, and each module owns one step or one concern:
+//!
+//! ```text
+//!  source (SQS) ─► pipeline ─► runtime (wasm component) ─► sink (PostgreSQL) ─► source.delete
+//!                     │              │ masking import
+//!                  config         masking (keys, AES-GCM)        record (row + column contract)
+//! ```
+//!
+//! * [`source`]: receive, delete and queue depth: the only AWS SDK user.
+//! * [`runtime`]: loads and sandboxes the transform component; runs batches.
+//! * [`masking`]: deterministic, reversible masking and dead-letter sealing.
+//! * [`record`]: rows and rejections, and the `user_logins` column limits.
+//! * [`sink`]: one transaction per batch: ledger, rows, dead letters.
+//! * [`pipeline`]: the pollers that drive a batch through all of the above.
+//! * [`config`] and [`cli`]: settings from the environment and flags; commands.
+
+pub mod cli;
+pub mod config;
+pub mod masking;
+pub mod pipeline;
+pub mod record;
+pub mod runtime;
+pub mod sink;
+pub mod source;

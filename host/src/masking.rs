@@ -1,0 +1,424 @@
+//! Keyed masking: the mechanism behind the component's `masking` import.
+//!
+//! A masked value is deterministic authenticated encryption (SIV-style
+//! AES-256-GCM): the nonce is HMAC-SHA256(mac key, field ‖ value) cut to 96
+//! bits, so equal (field, value) pairs mask equally (duplicates stay visible),
+//! the same value in two fields masks differently, and the key holder can
+//! decrypt. GCM's tag detects tampering. Dead-letter bodies are *sealed*
+//! instead: the same cipher with a random nonce and its own key, because
+//! nobody needs to compare them.
+//!
+//! Both are text of the form `<scheme>.<key id>.<base64url(nonce ‖ ciphertext ‖ tag)>`,
+//! with the header bound into the ciphertext as associated data, so a key id
+//! cannot be swapped. Keys rotate by id: the keyring masks with the current key
+//! and reveals under every key it knows.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+/// Deterministically masked column values.
+const MASK_SCHEME: &str = "mp1";
+/// Randomly sealed dead-letter bodies.
+const SEAL_SCHEME: &str = "mp1s";
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+const KEY_ID_MAX_LEN: usize = 16;
+
+/// A 32-byte master key; every working key is derived from it with HKDF.
+pub struct MasterKey(Zeroizing<[u8; 32]>);
+
+impl MasterKey {
+    /// Parses 64 hex digits or base64 (standard or URL-safe) of 32 bytes.
+    /// Errors never echo the input: it is a secret.
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        let bytes = Zeroizing::new(
+            if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+                hex::decode(text).map_err(|_| KeyError::Encoding)?
+            } else {
+                STANDARD
+                    .decode(text)
+                    .or_else(|_| URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')))
+                    .map_err(|_| KeyError::Encoding)?
+            },
+        );
+        let key: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| KeyError::Length(bytes.len()))?;
+        Ok(Self(Zeroizing::new(key)))
+    }
+
+    /// A fresh random key, hex-encoded (for `maskpipe keygen`).
+    pub fn generate_hex() -> String {
+        hex::encode(rand::random::<[u8; 32]>())
+    }
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    #[error("the master key is empty")]
+    Empty,
+    #[error("the master key is neither 64 hex digits nor base64")]
+    Encoding,
+    #[error("the master key must be 32 bytes, got {0}")]
+    Length(usize),
+    #[error(
+        "key id {0:?} is invalid: use 1-{KEY_ID_MAX_LEN} characters of A-Z, a-z, 0-9, '_' or '-'"
+    )]
+    KeyId(String),
+    #[error("key id {0:?} is given twice")]
+    DuplicateKeyId(String),
+    #[error("retired key {0:?} is not of the form ID=KEY")]
+    RetiredFormat(usize),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RevealError {
+    #[error("not a maskpipe token (expected mp1.<key id>.<data> or mp1s.<key id>.<data>)")]
+    Format,
+    #[error("no key with id {0:?} is configured")]
+    UnknownKey(String),
+    #[error("authentication failed: the value was altered or the key is wrong")]
+    Authentication,
+}
+
+/// The working keys of one key id.
+struct KeySet {
+    mask_cipher: Aes256Gcm,
+    mask_mac: Hmac<Sha256>,
+    seal_cipher: Aes256Gcm,
+}
+
+impl KeySet {
+    fn derive(master: &MasterKey) -> Self {
+        let hkdf = Hkdf::<Sha256>::new(Some(b"maskpipe"), master.0.as_slice());
+        let derive = |info: &[u8]| {
+            let mut key = Zeroizing::new([0u8; 32]);
+            hkdf.expand(info, key.as_mut_slice())
+                .expect("32 bytes is a valid HKDF-SHA256 output length");
+            key
+        };
+        let mask_key = derive(b"maskpipe/v1/mask/aes-256-gcm");
+        let mac_key = derive(b"maskpipe/v1/mask/hmac-sha256-nonce");
+        let seal_key = derive(b"maskpipe/v1/seal/aes-256-gcm");
+        Self {
+            mask_cipher: Aes256Gcm::new(mask_key.as_slice().into()),
+            mask_mac: <Hmac<Sha256> as Mac>::new_from_slice(mac_key.as_slice())
+                .expect("HMAC accepts any key length"),
+            seal_cipher: Aes256Gcm::new(seal_key.as_slice().into()),
+        }
+    }
+}
+
+/// The current key plus any retired keys still needed to reveal old values.
+pub struct Keyring {
+    current_id: String,
+    /// Headers of the current key, computed once: they are the AEAD's
+    /// associated data and the prefix of every token.
+    mask_header: String,
+    seal_header: String,
+    keys: BTreeMap<String, KeySet>,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyring")
+            .field("current_id", &self.current_id)
+            .field("key_ids", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Keyring {
+    pub fn new(
+        current_id: &str,
+        current: &MasterKey,
+        retired: &[(String, MasterKey)],
+    ) -> Result<Self, KeyError> {
+        let mut keys = BTreeMap::new();
+        for (id, key) in std::iter::once((current_id, current))
+            .chain(retired.iter().map(|(id, key)| (id.as_str(), key)))
+        {
+            validate_key_id(id)?;
+            if keys.insert(id.to_owned(), KeySet::derive(key)).is_some() {
+                return Err(KeyError::DuplicateKeyId(id.to_owned()));
+            }
+        }
+        Ok(Self {
+            current_id: current_id.to_owned(),
+            mask_header: format!("{MASK_SCHEME}.{current_id}"),
+            seal_header: format!("{SEAL_SCHEME}.{current_id}"),
+            keys,
+        })
+    }
+
+    pub fn current_key_id(&self) -> &str {
+        &self.current_id
+    }
+
+    fn current(&self) -> &KeySet {
+        &self.keys[&self.current_id]
+    }
+
+    /// Masks `value` as a value of column `field`: deterministic, reversible.
+    pub fn mask(&self, field: &str, value: &str) -> String {
+        let keys = self.current();
+        let mut mac = keys.mask_mac.clone();
+        // Length-prefix the field so ("ab", "c") and ("a", "bc") differ.
+        mac.update(&(field.len() as u64).to_be_bytes());
+        mac.update(field.as_bytes());
+        mac.update(value.as_bytes());
+        let tag = mac.finalize().into_bytes();
+        let nonce = Nonce::from_slice(&tag[..NONCE_LEN]);
+        encode(
+            &self.mask_header,
+            nonce,
+            &keys.mask_cipher,
+            value.as_bytes(),
+        )
+    }
+
+    /// Encrypts `plaintext` with a random nonce (dead-letter bodies).
+    pub fn seal(&self, plaintext: &[u8]) -> String {
+        let nonce_bytes: [u8; NONCE_LEN] = rand::random();
+        encode(
+            &self.seal_header,
+            Nonce::from_slice(&nonce_bytes),
+            &self.current().seal_cipher,
+            plaintext,
+        )
+    }
+
+    /// Recovers the plaintext of a masked value or a sealed body.
+    pub fn reveal(&self, token: &str) -> Result<Vec<u8>, RevealError> {
+        let mut parts = token.trim().splitn(3, '.');
+        let (Some(scheme), Some(key_id), Some(data)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(RevealError::Format);
+        };
+        let keys = self
+            .keys
+            .get(key_id)
+            .ok_or_else(|| RevealError::UnknownKey(key_id.to_owned()))?;
+        let cipher = match scheme {
+            MASK_SCHEME => &keys.mask_cipher,
+            SEAL_SCHEME => &keys.seal_cipher,
+            _ => return Err(RevealError::Format),
+        };
+        let raw = URL_SAFE_NO_PAD
+            .decode(data)
+            .map_err(|_| RevealError::Format)?;
+        if raw.len() < NONCE_LEN + TAG_LEN {
+            return Err(RevealError::Format);
+        }
+        let (nonce, ciphertext) = raw.split_at(NONCE_LEN);
+        let header = &token.trim()[..scheme.len() + 1 + key_id.len()];
+        cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: header.as_bytes(),
+                },
+            )
+            .map_err(|_| RevealError::Authentication)
+    }
+}
+
+/// The longest masked text for a value of `value_len` bytes under a key id
+/// of `key_id_len` characters.
+pub fn masked_len(key_id_len: usize, value_len: usize) -> usize {
+    MASK_SCHEME.len() + 1 + key_id_len + 1 + (NONCE_LEN + value_len + TAG_LEN).div_ceil(3) * 4
+}
+
+fn encode(
+    header: &str,
+    nonce: &Nonce<aes_gcm::aead::consts::U12>,
+    cipher: &Aes256Gcm,
+    plaintext: &[u8],
+) -> String {
+    let ciphertext = cipher
+        .encrypt(
+            nonce,
+            Payload {
+                msg: plaintext,
+                aad: header.as_bytes(),
+            },
+        )
+        // AES-GCM fails only past 64 GiB of plaintext.
+        .expect("AES-GCM encryption of an in-memory value cannot fail");
+    let mut raw = Vec::with_capacity(NONCE_LEN + ciphertext.len());
+    raw.extend_from_slice(nonce);
+    raw.extend_from_slice(&ciphertext);
+    let mut token = String::with_capacity(header.len() + 1 + raw.len().div_ceil(3) * 4);
+    token.push_str(header);
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(&raw, &mut token);
+    token
+}
+
+fn validate_key_id(id: &str) -> Result<(), KeyError> {
+    let valid = (1..=KEY_ID_MAX_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(KeyError::KeyId(id.to_owned()))
+    }
+}
+
+/// Parses `ID=KEY,ID=KEY` (the retired-keys setting).
+pub fn parse_retired_keys(text: &str) -> Result<Vec<(String, MasterKey)>, KeyError> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .enumerate()
+        .map(|(index, entry)| {
+            let (id, key) = entry
+                .split_once('=')
+                .ok_or(KeyError::RetiredFormat(index + 1))?;
+            validate_key_id(id.trim())?;
+            Ok((id.trim().to_owned(), MasterKey::parse(key)?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    const KEY_B: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+
+    fn keyring(id: &str, key: &str) -> Keyring {
+        Keyring::new(id, &MasterKey::parse(key).unwrap(), &[]).unwrap()
+    }
+
+    #[test]
+    fn equal_inputs_mask_equally_and_reveal() {
+        let ring = keyring("k1", KEY_A);
+        let a = ring.mask("ip", "199.172.111.135");
+        assert_eq!(a, ring.mask("ip", "199.172.111.135"));
+        assert!(a.starts_with("mp1.k1."), "{a}");
+        assert_eq!(ring.reveal(&a).unwrap(), b"199.172.111.135");
+    }
+
+    #[test]
+    fn the_same_value_masks_differently_per_field_and_value() {
+        let ring = keyring("k1", KEY_A);
+        assert_ne!(
+            ring.mask("ip", "1.2.3.4"),
+            ring.mask("device_id", "1.2.3.4")
+        );
+        assert_ne!(ring.mask("ip", "1.2.3.4"), ring.mask("ip", "1.2.3.5"));
+        // The length prefix keeps field/value boundaries apart.
+        assert_ne!(ring.mask("ab", "c"), ring.mask("a", "bc"));
+    }
+
+    #[test]
+    fn tampering_and_wrong_keys_are_detected() {
+        let ring = keyring("k1", KEY_A);
+        let token = ring.mask("ip", "10.0.0.1");
+        let mut tampered = token.clone().into_bytes();
+        let last = tampered.len() - 1;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert_eq!(ring.reveal(&tampered), Err(RevealError::Authentication));
+        // A different key under the same id cannot open it.
+        assert_eq!(
+            keyring("k1", KEY_B).reveal(&token),
+            Err(RevealError::Authentication)
+        );
+        // Swapping the key id in the header breaks authentication too.
+        let other = Keyring::new(
+            "k2",
+            &MasterKey::parse(KEY_A).unwrap(),
+            &[("k1".into(), MasterKey::parse(KEY_A).unwrap())],
+        )
+        .unwrap();
+        assert_eq!(
+            other.reveal(&token.replacen("k1", "k2", 1)),
+            Err(RevealError::Authentication)
+        );
+        assert_eq!(
+            ring.reveal("mp1.k9.AAAA"),
+            Err(RevealError::UnknownKey("k9".into()))
+        );
+        assert_eq!(ring.reveal("hello"), Err(RevealError::Format));
+    }
+
+    #[test]
+    fn sealing_is_randomised_and_reversible() {
+        let ring = keyring("k1", KEY_A);
+        let body = br#"{"ip": "1.2.3.4"}"#;
+        let a = ring.seal(body);
+        let b = ring.seal(body);
+        assert_ne!(a, b);
+        assert!(a.starts_with("mp1s.k1."));
+        assert_eq!(ring.reveal(&a).unwrap(), body);
+    }
+
+    #[test]
+    fn rotation_masks_with_the_new_key_and_reveals_both() {
+        let old = keyring("k1", KEY_A);
+        let old_token = old.mask("ip", "10.0.0.1");
+        let rotated = Keyring::new(
+            "k2",
+            &MasterKey::parse(KEY_B).unwrap(),
+            &parse_retired_keys(&format!("k1={KEY_A}")).unwrap(),
+        )
+        .unwrap();
+        let new_token = rotated.mask("ip", "10.0.0.1");
+        assert!(new_token.starts_with("mp1.k2."));
+        assert_eq!(rotated.reveal(&old_token).unwrap(), b"10.0.0.1");
+        assert_eq!(rotated.reveal(&new_token).unwrap(), b"10.0.0.1");
+    }
+
+    #[test]
+    fn key_parsing_accepts_hex_and_base64_and_never_echoes() {
+        let from_hex = keyring("k1", KEY_A).mask("f", "v");
+        let b64 = STANDARD.encode(hex::decode(KEY_A).unwrap());
+        assert_eq!(keyring("k1", &b64).mask("f", "v"), from_hex);
+        assert_eq!(MasterKey::parse("").unwrap_err(), KeyError::Empty);
+        assert_eq!(MasterKey::parse("abcd").unwrap_err(), KeyError::Length(3));
+        let err = MasterKey::parse("not a key at all!")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("not a key"), "{err}");
+        assert!(Keyring::new("bad.id", &MasterKey::parse(KEY_A).unwrap(), &[]).is_err());
+        assert!(parse_retired_keys("k0").is_err());
+    }
+
+    #[test]
+    fn masked_length_bound_holds() {
+        let ring = keyring("k1", KEY_A);
+        for len in [0, 1, 15, 45, 128] {
+            let value = "x".repeat(len);
+            let masked = ring.mask("device_id", &value);
+            assert!(masked.len() <= masked_len(2, len), "{len}");
+        }
+        // The reference transform's limits fit varchar(256) with a 16-char key id.
+        assert!(masked_len(KEY_ID_MAX_LEN, 128) <= 256);
+    }
+}

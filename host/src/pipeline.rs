@@ -1,0 +1,450 @@
+//! The pipeline: SQS → batch → wasm → PostgreSQL → delete, on N pollers.
+//!
+//! Each poller owns one wasm [`Worker`] and one database connection and runs
+//! the whole cycle for one batch at a time, so concurrency is bounded by the
+//! poller count and a batch is deleted from SQS only after its transaction
+//! committed. Every failure is either a message's (it becomes a dead letter)
+//! or transient (the poller backs off and retries; the batch, never deleted,
+//! comes back after the visibility timeout and the ledger skips what was
+//! already written). Nothing here ends the process but a shutdown signal or,
+//! in drain mode, an empty queue.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use tokio::sync::watch;
+
+use crate::masking::Keyring;
+use crate::record::Outcome;
+use crate::runtime::{Transform, Worker, short};
+use crate::sink::{PgSink, Processed, WriteReport};
+use crate::source::{Received, SqsSource};
+
+/// How a pipeline runs (see `config` for the settings behind these).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub pollers: usize,
+    pub batch_size: usize,
+    pub wait_seconds: i32,
+    pub database_url: String,
+    /// Exit once the queue is empty instead of polling forever.
+    pub drain: bool,
+    /// How often to log progress; `None` logs none.
+    pub progress_every: Option<Duration>,
+}
+
+/// In drain mode an empty receive ends a poller, so wait briefly.
+const DRAIN_WAIT_SECONDS: i32 = 2;
+/// After a shutdown signal a failing write gets this many more attempts.
+const WRITE_ATTEMPTS_AFTER_SHUTDOWN: u32 = 3;
+const DELETE_ATTEMPTS: u32 = 3;
+
+/// Counters shared by the pollers; the summary is a snapshot of them.
+#[derive(Default)]
+pub struct Stats {
+    received: AtomicU64,
+    rows: AtomicU64,
+    dead_letters: AtomicU64,
+    duplicates: AtomicU64,
+    delete_failures: AtomicU64,
+    dead_letters_by_reason: Mutex<BTreeMap<String, u64>>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub received: u64,
+    pub rows: u64,
+    pub dead_letters: u64,
+    pub duplicates: u64,
+    pub delete_failures: u64,
+    pub dead_letters_by_reason: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    fn record(&self, report: &WriteReport) {
+        self.rows.fetch_add(report.rows as u64, Ordering::Relaxed);
+        self.dead_letters
+            .fetch_add(report.dead_letter_reasons.len() as u64, Ordering::Relaxed);
+        self.duplicates
+            .fetch_add(report.duplicates as u64, Ordering::Relaxed);
+        if !report.dead_letter_reasons.is_empty() {
+            let mut by_reason = self
+                .dead_letters_by_reason
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for reason in &report.dead_letter_reasons {
+                *by_reason.entry(reason.clone()).or_default() += 1;
+            }
+        }
+    }
+
+    pub fn summary(&self) -> Summary {
+        Summary {
+            received: self.received.load(Ordering::Relaxed),
+            rows: self.rows.load(Ordering::Relaxed),
+            dead_letters: self.dead_letters.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            delete_failures: self.delete_failures.load(Ordering::Relaxed),
+            dead_letters_by_reason: self
+                .dead_letters_by_reason
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone(),
+        }
+    }
+}
+
+pub struct Pipeline {
+    source: SqsSource,
+    transform: Arc<Transform>,
+    keyring: Arc<Keyring>,
+    settings: Settings,
+    stats: Arc<Stats>,
+}
+
+impl Pipeline {
+    pub fn new(
+        source: SqsSource,
+        transform: Arc<Transform>,
+        keyring: Arc<Keyring>,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            source,
+            transform,
+            keyring,
+            settings,
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Runs until `shutdown` turns true (or, draining, the queue is empty).
+    ///
+    /// Fails only at startup: database unreachable or schema not creatable,
+    /// component not instantiable.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<Summary> {
+        let mut first_sink = PgSink::connect(&self.settings.database_url).await?;
+        first_sink.ensure_schema().await?;
+        let mut first_sink = Some(first_sink);
+
+        let shared = Arc::new(self);
+        let mut pollers = tokio::task::JoinSet::new();
+        for index in 0..shared.settings.pollers.max(1) {
+            let worker = shared.transform.worker()?;
+            let poller = Poller {
+                index,
+                shared: Arc::clone(&shared),
+                worker: Some(worker),
+                sink: if index == 0 { first_sink.take() } else { None },
+                shutdown: shutdown.clone(),
+            };
+            pollers.spawn(poller.run());
+        }
+        let progress = shared
+            .settings
+            .progress_every
+            .map(|every| tokio::spawn(report_progress(Arc::clone(&shared.stats), every)));
+        while let Some(joined) = pollers.join_next().await {
+            if let Err(error) = joined {
+                tracing::error!("a poller panicked: {error}");
+            }
+        }
+        if let Some(progress) = progress {
+            progress.abort();
+        }
+        Ok(shared.stats.summary())
+    }
+}
+
+struct Poller {
+    index: usize,
+    shared: Arc<Pipeline>,
+    /// `None` only while the worker is lent to a blocking thread.
+    worker: Option<Worker>,
+    sink: Option<PgSink>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Poller {
+    /// The receive loop returns no `Result` on purpose: every error is handled
+    /// where it happens, so no `?` can quietly end a poller.
+    async fn run(mut self) {
+        let shared = Arc::clone(&self.shared);
+        let settings = &shared.settings;
+        let wait = if settings.drain {
+            DRAIN_WAIT_SECONDS.min(settings.wait_seconds)
+        } else {
+            settings.wait_seconds
+        };
+        let mut backoff = Backoff::default();
+        loop {
+            if *self.shutdown.borrow() {
+                break;
+            }
+            let received = tokio::select! {
+                received = shared.source.receive(settings.batch_size, wait) => received,
+                // A receive cancelled here loses nothing: whatever SQS handed
+                // out comes back after the visibility timeout.
+                _ = self.shutdown.changed() => break,
+            };
+            let messages = match received {
+                Ok(messages) => {
+                    backoff.reset();
+                    messages
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        poller = self.index,
+                        "receive failed, backing off: {error:#}"
+                    );
+                    if !backoff.wait(&mut self.shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if messages.is_empty() {
+                if settings.drain {
+                    break;
+                }
+                continue;
+            }
+            self.shared
+                .stats
+                .received
+                .fetch_add(messages.len() as u64, Ordering::Relaxed);
+            self.process(messages).await;
+        }
+        tracing::debug!(poller = self.index, "poller stopped");
+    }
+
+    /// Transform, commit, delete. On any transient failure the batch is left
+    /// undeleted: SQS redelivers it and the ledger makes the retry exact.
+    async fn process(&mut self, messages: Vec<Received>) {
+        let Some((messages, outcomes, digest)) = self.transform(messages).await else {
+            return;
+        };
+        let batch: Vec<Processed<'_>> = messages
+            .iter()
+            .zip(&outcomes)
+            .map(|(message, outcome)| Processed { message, outcome })
+            .collect();
+        let Some(report) = self.write(&batch, &digest).await else {
+            return;
+        };
+        self.shared.stats.record(&report);
+        self.delete(&messages).await;
+    }
+
+    async fn transform(
+        &mut self,
+        messages: Vec<Received>,
+    ) -> Option<(Vec<Received>, Vec<Outcome>, String)> {
+        let mut worker = match self.worker.take() {
+            Some(worker) => worker,
+            None => match self.shared.transform.worker() {
+                Ok(worker) => worker,
+                Err(error) => {
+                    tracing::error!(
+                        poller = self.index,
+                        "cannot instantiate the transform: {error:#}"
+                    );
+                    return None;
+                }
+            },
+        };
+        // The call is CPU-bound and bounded by the epoch deadline: keep it off
+        // the async threads.
+        let joined = tokio::task::spawn_blocking(move || {
+            let outcomes = worker.run(&messages);
+            (worker, messages, outcomes)
+        })
+        .await;
+        match joined {
+            Ok((worker, messages, Ok(outcomes))) => {
+                let digest = worker.digest().to_owned();
+                self.worker = Some(worker);
+                Some((messages, outcomes, digest))
+            }
+            Ok((_, _, Err(error))) => {
+                tracing::error!(
+                    poller = self.index,
+                    "the transform runtime failed: {error:#}"
+                );
+                None
+            }
+            Err(error) => {
+                tracing::error!(
+                    poller = self.index,
+                    "the transform thread panicked: {error}"
+                );
+                None
+            }
+        }
+    }
+
+    async fn write(&mut self, batch: &[Processed<'_>], digest: &str) -> Option<WriteReport> {
+        let mut backoff = Backoff::default();
+        let mut attempts_left_after_shutdown = WRITE_ATTEMPTS_AFTER_SHUTDOWN;
+        loop {
+            match self.try_write(batch, digest).await {
+                Ok(report) => return Some(report),
+                Err(error) => {
+                    // A failed connection is replaced; a failed statement on a
+                    // live one is retried as is.
+                    self.sink.take_if(|sink| sink.is_closed());
+                    tracing::warn!(
+                        poller = self.index,
+                        batch = batch.len(),
+                        "database write failed, will retry: {error:#}"
+                    );
+                }
+            }
+            if *self.shutdown.borrow() {
+                attempts_left_after_shutdown -= 1;
+                if attempts_left_after_shutdown == 0 {
+                    tracing::warn!(
+                        poller = self.index,
+                        "giving up on a batch at shutdown; SQS will redeliver it"
+                    );
+                    return None;
+                }
+            }
+            backoff.sleep().await;
+        }
+    }
+
+    async fn try_write(&mut self, batch: &[Processed<'_>], digest: &str) -> Result<WriteReport> {
+        let sink = match &mut self.sink {
+            Some(sink) => sink,
+            None => self
+                .sink
+                .insert(PgSink::connect(&self.shared.settings.database_url).await?),
+        };
+        sink.write_batch(batch, digest, &self.shared.keyring).await
+    }
+
+    async fn delete(&mut self, messages: &[Received]) {
+        for attempt in 1..=DELETE_ATTEMPTS {
+            match self.shared.source.delete(messages).await {
+                Ok(failed) => {
+                    self.shared
+                        .stats
+                        .delete_failures
+                        .fetch_add(failed as u64, Ordering::Relaxed);
+                    return;
+                }
+                Err(error) if attempt < DELETE_ATTEMPTS => {
+                    tracing::warn!(poller = self.index, "delete failed, retrying: {error:#}");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                }
+                Err(error) => {
+                    // Committed but not deleted: SQS redelivers, the ledger skips.
+                    tracing::warn!(
+                        poller = self.index,
+                        "delete failed; the batch will be redelivered and skipped: {error:#}"
+                    );
+                    self.shared
+                        .stats
+                        .delete_failures
+                        .fetch_add(messages.len() as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+async fn report_progress(stats: Arc<Stats>, every: Duration) {
+    let started = Instant::now();
+    let mut last = Summary::default();
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let now = stats.summary();
+        if now == last {
+            continue;
+        }
+        let elapsed = started.elapsed().as_secs_f64().max(0.001);
+        tracing::info!(
+            received = now.received,
+            rows = now.rows,
+            dead_letters = now.dead_letters,
+            duplicates = now.duplicates,
+            "progress: {} received, {} rows, {} dead letters, {} duplicates skipped ({:.0} msgs/s)",
+            now.received,
+            now.rows,
+            now.dead_letters,
+            now.duplicates,
+            now.received as f64 / elapsed
+        );
+        last = now;
+    }
+}
+
+/// Exponential backoff from 100 ms to 10 s.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(10);
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let delay = Self::FIRST.saturating_mul(1 << self.failures.min(10));
+        self.failures += 1;
+        delay.min(Self::MAX)
+    }
+
+    async fn sleep(&mut self) {
+        tokio::time::sleep(self.next_delay()).await;
+    }
+
+    /// Sleeps unless shutdown comes first; returns false on shutdown.
+    async fn wait(&mut self, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let delay = self.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = shutdown.changed() => false,
+        }
+    }
+}
+
+/// Logs which component a pipeline runs, in the form operators grep for.
+pub fn describe_transform(transform: &Transform) -> String {
+    format!(
+        "component sha256:{} ({} bytes)",
+        short(transform.digest()),
+        transform.size()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<_> = (0..10).map(|_| backoff.next_delay()).collect();
+        assert_eq!(delays[0], Duration::from_millis(100));
+        assert_eq!(delays[1], Duration::from_millis(200));
+        assert_eq!(delays[9], Duration::from_secs(10));
+        backoff.reset();
+        assert_eq!(backoff.next_delay(), Duration::from_millis(100));
+    }
+}

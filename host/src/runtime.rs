@@ -1,0 +1,407 @@
+//! The transform runtime: loads a component, sandboxes it, and runs batches.
+//!
+//! All host glue for the `maskpipe:transform/transformer` world lives in the
+//! one `bindgen!` below. A [`Transform`] is a checked, compiled component; a
+//! [`Worker`] is one reusable instance of it (one per poller), called once
+//! per batch under an epoch deadline and a memory cap. When a batch call
+//! fails the worker recycles its instance and retries message by message, so
+//! only the poison message is dead-lettered.
+//!
+//! The sandbox: the component gets the `masking` import and an empty WASI
+//! context (no environment, arguments, preopened directories or network;
+//! stdio goes nowhere; both clocks are frozen at zero). A component that
+//! imports anything else is refused at load.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use chrono::NaiveDate;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
+
+use crate::masking::Keyring;
+use crate::record::{Outcome, Rejection, Row, reason};
+use crate::source::Received;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "transformer",
+    });
+}
+
+use bindings::maskpipe::transform::{masking, types as wit};
+use bindings::{Transformer, TransformerPre};
+
+/// How often the engine's epoch advances: the granularity of deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Interfaces a component may import. WASI is linked with an empty context,
+/// so these are inert: they exist because Rust's std for `wasm32-wasip2`
+/// imports them whether or not the transform uses them.
+const GRANTED_IMPORTS: &[&str] = &[
+    "maskpipe:transform/masking",
+    "maskpipe:transform/types",
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:random/random",
+];
+
+/// Per-call resource limits of the sandbox.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Wall-clock budget of one call (a batch, or one message on retry).
+    pub deadline: Duration,
+    /// Cap on the instance's linear memory.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(1),
+            memory_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Creates the process's wasm engine and the thread that advances its epoch.
+pub fn engine() -> Result<Engine> {
+    let mut config = Config::new();
+    config.wasm_component_model(true).epoch_interruption(true);
+    let engine = Engine::new(&config)
+        .map_err(anyhow::Error::from)
+        .context("cannot create the wasm engine")?;
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("wasm-epoch".into())
+        .spawn(move || {
+            // The thread ends with the last handle on the engine.
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .context("cannot start the wasm epoch thread")?;
+    Ok(engine)
+}
+
+/// A compiled component that passed the import check and exports the world.
+pub struct Transform {
+    engine: Engine,
+    pre: TransformerPre<HostState>,
+    digest: String,
+    size: usize,
+    keyring: Arc<Keyring>,
+    limits: Limits,
+}
+
+impl Transform {
+    pub fn load(
+        engine: &Engine,
+        path: &Path,
+        keyring: Arc<Keyring>,
+        limits: Limits,
+    ) -> Result<Self> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read transform component {}", path.display()))?;
+        Self::from_bytes(engine, &bytes, keyring, limits)
+            .with_context(|| format!("cannot load transform component {}", path.display()))
+    }
+
+    pub fn from_bytes(
+        engine: &Engine,
+        bytes: &[u8],
+        keyring: Arc<Keyring>,
+        limits: Limits,
+    ) -> Result<Self> {
+        let digest = hex::encode(Sha256::digest(bytes));
+        let component = Component::from_binary(engine, bytes)
+            .map_err(anyhow::Error::from)
+            .context("not a valid WebAssembly component")?;
+        check_imports(engine, &component)?;
+
+        let mut linker = Linker::<HostState>::new(engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        Transformer::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .context("the component's imports do not match what maskpipe grants")?;
+        let pre = TransformerPre::new(pre)
+            .map_err(anyhow::Error::from)
+            .context("the component does not export the maskpipe:transform/transformer world")?;
+        Ok(Self {
+            engine: engine.clone(),
+            pre,
+            digest,
+            size: bytes.len(),
+            keyring,
+            limits,
+        })
+    }
+
+    /// SHA-256 of the component file, hex: recorded with every message.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// A fresh instance, ready for batches.
+    pub fn worker(self: &Arc<Self>) -> Result<Worker> {
+        let (store, instance) = self.instantiate()?;
+        Ok(Worker {
+            transform: Arc::clone(self),
+            store,
+            instance,
+        })
+    }
+
+    fn instantiate(&self) -> Result<(Store<HostState>, Transformer)> {
+        let state = HostState {
+            wasi: WasiCtx::builder()
+                .wall_clock(FrozenClock)
+                .monotonic_clock(FrozenClock)
+                .build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.limits.memory_bytes)
+                .trap_on_grow_failure(true)
+                .build(),
+            keyring: Arc::clone(&self.keyring),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.deadline_ticks());
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(anyhow::Error::from)
+            .context("cannot instantiate the transform component")?;
+        Ok((store, instance))
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.limits.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    }
+}
+
+/// One instance of a [`Transform`], reused across batches.
+pub struct Worker {
+    transform: Arc<Transform>,
+    store: Store<HostState>,
+    instance: Transformer,
+}
+
+impl Worker {
+    pub fn digest(&self) -> &str {
+        self.transform.digest()
+    }
+
+    /// Transforms a batch: one outcome per message, in order.
+    ///
+    /// Never fails because of a message: a trap costs the offending message a
+    /// dead letter. It fails only when the component can no longer be
+    /// instantiated, which no message can cause.
+    pub fn run(&mut self, messages: &[Received]) -> Result<Vec<Outcome>> {
+        let inputs: Vec<wit::Message> = messages.iter().map(to_wit).collect();
+        match self.call(&inputs) {
+            Ok(outcomes) => Ok(outcomes),
+            Err(failure) => {
+                tracing::warn!(
+                    digest = %short(self.digest()),
+                    batch = messages.len(),
+                    "transform failed on a batch ({}); retrying message by message",
+                    failure.detail
+                );
+                self.recycle()?;
+                inputs
+                    .into_iter()
+                    .map(|input| match self.call(std::slice::from_ref(&input)) {
+                        Ok(mut outcomes) => Ok(outcomes.remove(0)),
+                        Err(failure) => {
+                            self.recycle()?;
+                            Ok(Outcome::Rejected(failure))
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// One call into the component. A failure is described as the rejection
+    /// the message(s) would get.
+    fn call(&mut self, inputs: &[wit::Message]) -> Result<Vec<Outcome>, Rejection> {
+        self.store
+            .set_epoch_deadline(self.transform.deadline_ticks());
+        let outcomes = self
+            .instance
+            .call_transform_batch(&mut self.store, inputs)
+            .map_err(|error| Rejection::new(reason::TRANSFORM_TRAP, describe_failure(&error)))?;
+        if outcomes.len() != inputs.len() {
+            return Err(Rejection::new(
+                reason::CONTRACT_VIOLATION,
+                format!(
+                    "the transform returned {} outcomes for {} messages",
+                    outcomes.len(),
+                    inputs.len()
+                ),
+            ));
+        }
+        Ok(outcomes.into_iter().map(from_wit).collect())
+    }
+
+    /// A trap can leave an instance's memory inconsistent: start afresh.
+    fn recycle(&mut self) -> Result<()> {
+        let (store, instance) = self.transform.instantiate()?;
+        self.store = store;
+        self.instance = instance;
+        Ok(())
+    }
+}
+
+/// What the store holds for the component: its WASI context, its limits and
+/// the keyring behind the `masking` import.
+struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    keyring: Arc<Keyring>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl masking::Host for HostState {
+    fn mask(&mut self, field: String, value: String) -> String {
+        self.keyring.mask(&field, &value)
+    }
+}
+
+impl wit::Host for HostState {}
+
+/// A clock that always reads zero: transforms must not depend on time.
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+fn check_imports(engine: &Engine, component: &Component) -> Result<()> {
+    let component_type = component.component_type();
+    for (name, _) in component_type.imports(engine) {
+        let interface = name.split('@').next().unwrap_or(name);
+        if !GRANTED_IMPORTS.contains(&interface) {
+            bail!(
+                "the component imports `{name}`, which maskpipe does not grant \
+                 (a transform gets only maskpipe:transform/masking and inert WASI stdio, clocks and random)"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn to_wit(message: &Received) -> wit::Message {
+    wit::Message {
+        id: message.id.clone(),
+        body: message.body.clone(),
+        sent_timestamp_ms: message.sent_timestamp_ms,
+    }
+}
+
+fn from_wit(outcome: wit::Outcome) -> Outcome {
+    match outcome {
+        wit::Outcome::Rejected(rejection) => {
+            Outcome::Rejected(Rejection::new(&rejection.code, rejection.detail).sanitized())
+        }
+        wit::Outcome::Row(row) => {
+            let create_date = match row.create_date {
+                None => None,
+                Some(date) => {
+                    match NaiveDate::from_ymd_opt(date.year, date.month.into(), date.day.into()) {
+                        Some(date) => Some(date),
+                        None => {
+                            return Outcome::Rejected(Rejection::new(
+                                reason::CONTRACT_VIOLATION,
+                                "the transform returned an impossible create_date",
+                            ));
+                        }
+                    }
+                }
+            };
+            let row = Row {
+                user_id: row.user_id,
+                device_type: row.device_type,
+                masked_ip: row.masked_ip,
+                masked_device_id: row.masked_device_id,
+                locale: row.locale,
+                app_version: row.app_version,
+                create_date,
+            };
+            match row.check_columns() {
+                Ok(()) => Outcome::Row(row),
+                Err(rejection) => Outcome::Rejected(rejection),
+            }
+        }
+    }
+}
+
+/// A PII-free description of a failed call: trap codes only, never the
+/// guest's own message (a panic message could quote the input).
+fn describe_failure(error: &wasmtime::Error) -> String {
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => "the transform exceeded its deadline".to_owned(),
+        Some(Trap::OutOfFuel) => "the transform ran out of fuel".to_owned(),
+        Some(trap) => format!("the transform trapped: {trap}"),
+        None => "the transform call failed (invalid values crossed the boundary)".to_owned(),
+    }
+}
+
+/// The first 12 hex digits of a digest, for log lines.
+pub fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(12)]
+}

@@ -1,0 +1,258 @@
+//! The SQS source: the only module that speaks the AWS SDK.
+//!
+//! Everything else sees [`Received`] messages and calls `receive`, `delete`
+//! and `depth`. Credentials, region and endpoint come from the standard AWS
+//! chain (`AWS_REGION`, `AWS_ACCESS_KEY_ID`, profiles, instance roles,
+//! `AWS_ENDPOINT_URL` for LocalStack).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::config::timeout::TimeoutConfig;
+use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
+    SendMessageBatchRequestEntry,
+};
+
+/// SQS caps a batch at ten messages, for receive, send and delete alike.
+pub const MAX_BATCH: usize = 10;
+/// SQS's longest long poll.
+pub const MAX_WAIT_SECONDS: i32 = 20;
+
+/// One message as the pipeline sees it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Stable across redeliveries: the ledger's key.
+    pub id: String,
+    /// Changes on every receive: what deletes and visibility changes need.
+    pub receipt_handle: String,
+    pub body: String,
+    pub sent_timestamp_ms: u64,
+}
+
+/// How many messages wait and how many are in flight.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub visible: u64,
+    pub in_flight: u64,
+}
+
+#[derive(Clone)]
+pub struct SqsSource {
+    client: Client,
+    queue_url: String,
+}
+
+impl SqsSource {
+    /// Builds a client from the standard AWS configuration chain.
+    pub async fn client() -> Client {
+        let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let config = aws_sdk_sqs::config::Builder::from(&shared)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    // Must outlast a 20 s long poll.
+                    .operation_attempt_timeout(Duration::from_secs(30))
+                    .build(),
+            )
+            .build();
+        Client::from_conf(config)
+    }
+
+    /// Connects to `queue`, a queue URL or a queue name, and checks that the
+    /// queue answers, so a wrong endpoint fails at startup, not later.
+    pub async fn connect(queue: &str) -> Result<Self> {
+        let client = Self::client().await;
+        let queue_url = if queue.starts_with("http://") || queue.starts_with("https://") {
+            queue.to_owned()
+        } else {
+            client
+                .get_queue_url()
+                .queue_name(queue)
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
+                .with_context(|| format!("cannot find SQS queue {queue:?}"))?
+                .queue_url
+                .with_context(|| format!("SQS returned no URL for queue {queue:?}"))?
+        };
+        let source = Self { client, queue_url };
+        source
+            .depth()
+            .await
+            .with_context(|| format!("cannot reach SQS queue {}", source.queue_url))?;
+        Ok(source)
+    }
+
+    /// Creates `name` if missing (CreateQueue is idempotent); says whether it
+    /// already existed.
+    pub async fn create(name: &str) -> Result<(Self, bool)> {
+        let client = Self::client().await;
+        let existed = client.get_queue_url().queue_name(name).send().await.is_ok();
+        let queue_url = client
+            .create_queue()
+            .queue_name(name)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
+            .with_context(|| format!("cannot create SQS queue {name:?}"))?
+            .queue_url
+            .context("SQS returned no queue URL")?;
+        Ok((Self { client, queue_url }, existed))
+    }
+
+    pub fn queue_url(&self) -> &str {
+        &self.queue_url
+    }
+
+    /// One (long) poll for up to `max` messages.
+    pub async fn receive(&self, max: usize, wait_seconds: i32) -> Result<Vec<Received>> {
+        let output = self
+            .client
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(max.clamp(1, MAX_BATCH) as i32)
+            .wait_time_seconds(wait_seconds.clamp(0, MAX_WAIT_SECONDS))
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
+            .context("SQS ReceiveMessage failed")?;
+        let received_at_ms = now_ms();
+        Ok(output
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|message| {
+                // Without an id we could neither dedupe nor delete it: SQS
+                // never sends such a message, so refusing it loses nothing.
+                let id = message.message_id?;
+                let receipt_handle = message.receipt_handle?;
+                let sent_timestamp_ms = message
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(received_at_ms);
+                Some(Received {
+                    id,
+                    receipt_handle,
+                    body: message.body.unwrap_or_default(),
+                    sent_timestamp_ms,
+                })
+            })
+            .collect())
+    }
+
+    /// Deletes messages by receipt handle; returns how many SQS refused.
+    /// A refused delete loses nothing: the message comes back and the ledger
+    /// recognises it.
+    pub async fn delete<'a>(
+        &self,
+        messages: impl IntoIterator<Item = &'a Received>,
+    ) -> Result<usize> {
+        let entries = messages
+            .into_iter()
+            .enumerate()
+            .map(|(index, message)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(index.to_string())
+                    .receipt_handle(&message.receipt_handle)
+                    .build()
+                    .context("building a DeleteMessageBatch entry")
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut failed = 0;
+        for chunk in entries.chunks(MAX_BATCH) {
+            let output = self
+                .client
+                .delete_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
+                .context("SQS DeleteMessageBatch failed")?;
+            for failure in output.failed {
+                failed += 1;
+                tracing::warn!(
+                    code = failure.code,
+                    sender_fault = failure.sender_fault,
+                    "SQS refused to delete a message; it will be redelivered and skipped by the ledger"
+                );
+            }
+        }
+        Ok(failed)
+    }
+
+    /// Approximate visible and in-flight message counts.
+    pub async fn depth(&self) -> Result<QueueDepth> {
+        let output = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
+            .context("SQS GetQueueAttributes failed")?;
+        let attributes = output.attributes.unwrap_or_default();
+        let count = |name| {
+            attributes
+                .get(&name)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(QueueDepth {
+            visible: count(QueueAttributeName::ApproximateNumberOfMessages),
+            in_flight: count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        })
+    }
+
+    /// Sends bodies in batches of ten, returning how many were sent.
+    pub async fn send<S: AsRef<str>>(&self, bodies: &[S]) -> Result<usize> {
+        let mut sent = 0;
+        for chunk in bodies.chunks(MAX_BATCH) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(index, body)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(index.to_string())
+                        .message_body(body.as_ref())
+                        .build()
+                        .context("building a SendMessageBatch entry")
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let output = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
+                .context("SQS SendMessageBatch failed")?;
+            if let Some(failure) = output.failed.first() {
+                bail!(
+                    "SQS refused {} of {} messages ({})",
+                    output.failed.len(),
+                    chunk.len(),
+                    failure.code
+                );
+            }
+            sent += output.successful.len();
+        }
+        Ok(sent)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

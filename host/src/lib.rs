@@ -15,6 +15,7 @@
 //! * [`sink`]: one transaction per batch: ledger, rows, dead letters.
 //! * [`pipeline`]: the pollers that drive a batch through all of the above.
 //! * [`config`] and [`cli`]: settings from the environment and flags; commands.
+//! * [`vectors`]: golden-vector checks of a component, for its authors.
 
 pub mod cli;
 pub mod config;
@@ -24,3 +25,4 @@ pub mod record;
 pub mod runtime;
 pub mod sink;
 pub mod source;
+pub mod vectors;

@@ -45,7 +45,8 @@ impl MasterKey {
             return Err(KeyError::Empty);
         }
         let bytes = Zeroizing::new(
-            if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            // 32 bytes of base64 is 43 or 44 characters: never all-hex of even length.
+            if text.len() % 2 == 0 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
                 hex::decode(text).map_err(|_| KeyError::Encoding)?
             } else {
                 STANDARD
@@ -401,7 +402,8 @@ mod tests {
         let b64 = STANDARD.encode(hex::decode(KEY_A).unwrap());
         assert_eq!(keyring("k1", &b64).mask("f", "v"), from_hex);
         assert_eq!(MasterKey::parse("").unwrap_err(), KeyError::Empty);
-        assert_eq!(MasterKey::parse("abcd").unwrap_err(), KeyError::Length(3));
+        assert_eq!(MasterKey::parse("abcd").unwrap_err(), KeyError::Length(2));
+        assert_eq!(MasterKey::parse("abc=").unwrap_err(), KeyError::Length(2));
         let err = MasterKey::parse("not a key at all!")
             .unwrap_err()
             .to_string();

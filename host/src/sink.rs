@@ -249,8 +249,10 @@ pub fn redact_url(url: &str) -> String {
     if let Some((scheme, rest)) = url.split_once("://")
         && let Some((credentials, host)) = rest.rsplit_once('@')
     {
-        let user = credentials.split(':').next().unwrap_or("");
-        return format!("{scheme}://{user}:***@{host}");
+        return match credentials.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_owned(),
+        };
     }
     // key=value form: drop password=...
     url.split_whitespace()
@@ -283,5 +285,6 @@ mod tests {
             redact_url("postgres://127.0.0.1/x"),
             "postgres://127.0.0.1/x"
         );
+        assert_eq!(redact_url("postgres://app@db/x"), "postgres://app@db/x");
     }
 }

@@ -1,0 +1,155 @@
+//! Helpers for tests that talk to the real local stack (`just up`): a fresh
+//! database and a fresh queue per test, so tests run in parallel and never
+//! touch the demo's `maskpipe` database or `login-queue`.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use maskpipe::masking::{Keyring, MasterKey};
+use maskpipe::source::SqsSource;
+
+/// A test-only key (public, like the vectors' key).
+pub const KEY_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+pub const KEY_ID: &str = "it1";
+
+pub fn keyring() -> Arc<Keyring> {
+    Arc::new(Keyring::new(KEY_ID, &MasterKey::parse(KEY_HEX).unwrap(), &[]).unwrap())
+}
+
+/// The sample queue's 100 bodies, in send order.
+pub fn sample_bodies() -> Vec<String> {
+    let path = repo_root().join("data/queue_bodies.jsonl");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The reference component, as `just build-transform` builds it.
+pub fn component_path() -> PathBuf {
+    let path = std::env::var_os("MASKPIPE_TEST_COMPONENT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/wasm32-wasip2/release/transform_wasm.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `just test`, which builds it",
+        path.display()
+    );
+    path
+}
+
+fn require_stack() {
+    assert!(
+        std::env::var_os("AWS_ENDPOINT_URL").is_some(),
+        "AWS_ENDPOINT_URL is not set: run the tests with `just test` (it starts the local stack and loads demo.env)"
+    );
+}
+
+/// A unique lower-case name for a test's database or queue.
+pub fn unique_name(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+pub fn admin_url() -> String {
+    let port = std::env::var("MASKPIPE_PG_PORT").unwrap_or_else(|_| "25432".into());
+    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+}
+
+/// Creates an empty database and returns its URL.
+pub async fn fresh_database() -> String {
+    require_stack();
+    let name = unique_name("mp_test");
+    let (client, connection) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
+        .await
+        .expect("the local PostgreSQL is not reachable: run `just up`");
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let admin = admin_url();
+    let base = admin
+        .strip_suffix("/postgres")
+        .expect("admin URL ends in /postgres");
+    format!("{base}/{name}")
+}
+
+pub async fn query_client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// Creates an empty queue.
+pub async fn fresh_queue() -> SqsSource {
+    require_stack();
+    let (queue, existed) = SqsSource::create(&unique_name("mp-test").replace('_', "-"))
+        .await
+        .expect("the local SQS is not reachable: run `just up`");
+    assert!(!existed);
+    queue
+}
+
+/// The maskpipe binary with a clean environment: the caller's MASKPIPE_*
+/// variables (demo.env's) are removed so a test can never reach the demo data.
+pub fn maskpipe() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_maskpipe"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("MASKPIPE_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env("MASKPIPE_MASTER_KEY", KEY_HEX)
+        .env("MASKPIPE_KEY_ID", KEY_ID);
+    command.kill_on_drop(true);
+    command
+}
+
+/// `maskpipe run --drain` on a queue and database, with a time limit.
+pub async fn drain(queue: &SqsSource, database_url: &str, extra: &[&str]) -> Output {
+    let mut command = maskpipe();
+    command
+        .args([
+            "run",
+            "--drain",
+            "--wait-seconds",
+            "1",
+            "--progress-seconds",
+            "0",
+        ])
+        .arg("--queue")
+        .arg(queue.queue_url())
+        .arg("--database-url")
+        .arg(database_url)
+        .arg("--transform")
+        .arg(component_path())
+        .args(extra);
+    run_with_limit(command, Duration::from_secs(120)).await
+}
+
+pub async fn run_with_limit(mut command: tokio::process::Command, limit: Duration) -> Output {
+    tokio::time::timeout(limit, command.output())
+        .await
+        .expect("maskpipe did not finish in time")
+        .expect("maskpipe could not be started")
+}
+
+pub async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}

@@ -1,0 +1,124 @@
+//! The built reference component, loaded in real wasmtime: golden vectors,
+//! the sample data, and the sandbox's refusal of ungranted imports.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use maskpipe::record::Outcome;
+use maskpipe::runtime::{self, Limits, Transform};
+use maskpipe::source::Received;
+use maskpipe::vectors;
+
+fn load(keyring: Arc<maskpipe::masking::Keyring>) -> Arc<Transform> {
+    let engine = runtime::engine().unwrap();
+    Arc::new(Transform::load(&engine, &component_path(), keyring, Limits::default()).unwrap())
+}
+
+#[test]
+fn the_reference_component_passes_its_golden_vectors() {
+    let transform = load(vectors::test_keyring());
+    let text = std::fs::read_to_string(repo_root().join("transform-wasm/vectors.jsonl")).unwrap();
+    let vectors = vectors::parse(&text, &vectors::test_keyring()).unwrap();
+    assert!(vectors.len() >= 30);
+    let failures = vectors::check(&transform, &vectors).unwrap();
+    let report: String = failures
+        .iter()
+        .map(|f| format!("line {} ({}):\n{}", f.line, f.name, f.diff))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} vectors failed:\n{report}",
+        failures.len()
+    );
+}
+
+#[test]
+fn the_sample_data_gives_99_rows_and_rejects_the_13th_message() {
+    let transform = load(keyring());
+    let mut worker = transform.worker().unwrap();
+    let messages: Vec<Received> = sample_bodies()
+        .into_iter()
+        .enumerate()
+        .map(|(index, body)| Received {
+            id: format!("m{index}"),
+            receipt_handle: String::new(),
+            body,
+            sent_timestamp_ms: 1_670_839_200_000,
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for batch in messages.chunks(10) {
+        outcomes.extend(worker.run(batch).unwrap());
+    }
+    let rejected: Vec<usize> = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| matches!(o, Outcome::Rejected(_)))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(rejected, vec![12]);
+    let Outcome::Rejected(rejection) = &outcomes[12] else {
+        unreachable!()
+    };
+    assert_eq!(rejection.code, "wrong_schema");
+    // app_version keeps the 96 distinct version strings as 94 distinct
+    // versions: only {"2.3","2.3.0"} and {"2.0","2.00"} are the same version.
+    let versions: std::collections::HashSet<i32> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Row(row) => row.app_version,
+            Outcome::Rejected(_) => None,
+        })
+        .collect();
+    assert_eq!(versions.len(), 94);
+}
+
+#[test]
+fn the_digest_is_the_sha256_of_the_file() {
+    use sha2::Digest;
+    let bytes = std::fs::read(component_path()).unwrap();
+    let transform = load(keyring());
+    assert_eq!(
+        transform.digest(),
+        hex::encode(sha2::Sha256::digest(&bytes))
+    );
+}
+
+#[test]
+fn a_component_importing_an_ungranted_capability_is_refused() {
+    let engine = runtime::engine().unwrap();
+    let wat = r#"(component
+        (import "wasi:sockets/tcp@0.2.6" (instance))
+    )"#;
+    let bytes = wat::parse_str(wat).unwrap();
+    let error = Transform::from_bytes(&engine, &bytes, keyring(), Limits::default())
+        .err()
+        .expect("must be refused");
+    let message = format!("{error:#}");
+    assert!(message.contains("wasi:sockets/tcp@0.2.6"), "{message}");
+    assert!(message.contains("does not grant"), "{message}");
+}
+
+#[test]
+fn a_component_without_the_world_is_refused() {
+    let engine = runtime::engine().unwrap();
+    let bytes = wat::parse_str("(component)").unwrap();
+    let error = Transform::from_bytes(&engine, &bytes, keyring(), Limits::default())
+        .err()
+        .expect("must be refused");
+    assert!(
+        format!("{error:#}").contains("does not export"),
+        "{error:#}"
+    );
+}
+
+#[test]
+fn garbage_is_not_a_component() {
+    let engine = runtime::engine().unwrap();
+    let error = Transform::from_bytes(&engine, b"not wasm", keyring(), Limits::default())
+        .err()
+        .expect("must be refused");
+    assert!(format!("{error:#}").contains("not a valid WebAssembly component"));
+}

@@ -1,0 +1,152 @@
+//! End to end: real SQS (LocalStack), real PostgreSQL, the real binary and
+//! the built component.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sample_queue_drains_into_99_rows_and_one_dead_letter() {
+    let database = fresh_database().await;
+    let queue = fresh_queue().await;
+    let bodies = sample_bodies();
+    assert_eq!(queue.send(&bodies).await.unwrap(), 100);
+
+    let output = drain(&queue, &database, &["--log", "debug"]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("rows written        99"), "{stdout}");
+    assert!(stdout.contains("(wrong_schema: 1)"), "{stdout}");
+
+    let db = query_client(&database).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM user_logins").await, 99);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM maskpipe_processed").await,
+        100
+    );
+    let dead = db
+        .query("SELECT reason, body_sealed FROM maskpipe_dead_letters", &[])
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].get::<_, &str>(0), "wrong_schema");
+    // The dead letter's body is sealed at rest and the key holder opens it.
+    let sealed: &str = dead[0].get(1);
+    assert_eq!(
+        keyring().reveal(sealed).unwrap(),
+        br#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#
+    );
+
+    let depth = queue.depth().await.unwrap();
+    assert_eq!(
+        depth.visible + depth.in_flight,
+        0,
+        "queue not empty: {depth:?}"
+    );
+
+    // Every ip and device_id is masked, fits its column, and reveals to a sent value.
+    let sent: Vec<serde_json::Value> = bodies
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    let sent_ips: HashSet<&str> = sent.iter().filter_map(|v| v["ip"].as_str()).collect();
+    let sent_devices: HashSet<&str> = sent
+        .iter()
+        .filter_map(|v| v["device_id"].as_str())
+        .collect();
+    let rows = db
+        .query(
+            "SELECT masked_ip, masked_device_id, locale FROM user_logins",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ring = keyring();
+    let mut null_locales = 0;
+    for row in &rows {
+        let ip: &str = row.get(0);
+        let device: &str = row.get(1);
+        assert!(ip.len() <= 256 && device.len() <= 256);
+        assert!(ip.starts_with("mp1.it1.") && device.starts_with("mp1.it1."));
+        let ip = String::from_utf8(ring.reveal(ip).unwrap()).unwrap();
+        let device = String::from_utf8(ring.reveal(device).unwrap()).unwrap();
+        assert!(sent_ips.contains(ip.as_str()));
+        assert!(sent_devices.contains(device.as_str()));
+        null_locales += usize::from(row.get::<_, Option<&str>>(2).is_none());
+    }
+    assert_eq!(null_locales, 29);
+
+    // No plaintext PII in the logs (run at debug level) or the dead letters.
+    let dead_text = format!(
+        "{:?}",
+        db.query("SELECT * FROM maskpipe_dead_letters", &[])
+            .await
+            .unwrap()
+    );
+    for secret in sent_ips.iter().chain(&sent_devices) {
+        assert!(!stderr.contains(secret), "plaintext PII in logs");
+        assert!(!stdout.contains(secret), "plaintext PII in output");
+        assert!(!dead_text.contains(secret), "plaintext PII in dead letters");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn equal_plaintexts_mask_equally_so_duplicates_stay_visible() {
+    let database = fresh_database().await;
+    let queue = fresh_queue().await;
+    let first = sample_bodies()[0].clone();
+    // The same login sent twice is two messages: two rows, equal masks.
+    queue.send(&[first.clone(), first]).await.unwrap();
+
+    let output = drain(&queue, &database, &[]).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let db = query_client(&database).await;
+    let rows = db
+        .query("SELECT masked_ip, masked_device_id FROM user_logins", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].get::<_, &str>(0), rows[1].get::<_, &str>(0));
+    assert_eq!(rows[0].get::<_, &str>(1), rows[1].get::<_, &str>(1));
+    // The same value in two different fields would still differ.
+    assert_ne!(rows[0].get::<_, &str>(0), rows[0].get::<_, &str>(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reveal_prints_the_plaintext_for_the_key_holder() {
+    let ring = keyring();
+    let masked = ring.mask("ip", "199.172.111.135");
+    let output = maskpipe()
+        .arg("reveal")
+        .arg(&masked)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "199.172.111.135"
+    );
+
+    // Without the right key it refuses, and says why.
+    let output = maskpipe()
+        .env("MASKPIPE_MASTER_KEY", "11".repeat(32))
+        .arg("reveal")
+        .arg(&masked)
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("authentication failed"));
+}

@@ -1,0 +1,62 @@
+# maskpipe tasks. Every recipe installs and starts what it needs, idempotently.
+#   just run [--drain]   the full local stack, processing the sample queue
+#   just test            every test, against a real PostgreSQL, SQS and wasmtime
+
+# demo.env holds the local stack's settings (and a public demo key).
+set dotenv-load
+set dotenv-filename := "demo.env"
+set positional-arguments
+
+wasm_target := "wasm32-wasip2"
+component := "target/wasm32-wasip2/release/transform_wasm.wasm"
+
+default:
+    @just --list
+
+# Add the wasm targets (RUSTUP_AUTO_INSTALL=0 means nobody else will).
+toolchain:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    installed="$(rustup target list --installed)"
+    for target in {{wasm_target}}; do
+        grep -qx "$target" <<<"$installed" || rustup target add "$target"
+    done
+
+# Start PostgreSQL and LocalStack SQS on 127.0.0.1 (installs them if missing).
+up:
+    scripts/stack.sh up
+
+# Stop what `just up` / `just run` started.
+down:
+    scripts/stack.sh down
+
+# Build the reference transform component.
+build-transform: toolchain
+    cargo build --release -p transform-wasm --target {{wasm_target}}
+
+# Build the component and the host.
+build: build-transform
+    cargo build --release -p maskpipe
+
+# Run the full stack: seed login-queue with the sample once, then consume it (Ctrl-C to stop; --drain to exit when empty).
+run *args: up build
+    ./target/release/maskpipe queue load --queue "$MASKPIPE_QUEUE" --if-created data/queue_bodies.jsonl
+    ./target/release/maskpipe run "$@"
+
+# Send the 100 sample messages to login-queue again.
+load:
+    ./target/release/maskpipe queue load --queue "$MASKPIPE_QUEUE" data/queue_bodies.jsonl
+
+# psql on the local stack's database; extra arguments pass through (e.g. just psql -c 'select 1').
+psql *args:
+    psql -X -h 127.0.0.1 -p "${MASKPIPE_PG_PORT:-25432}" -U postgres -d maskpipe "$@"
+
+# Every test: unit, component (built .wasm in wasmtime) and integration (real PostgreSQL + SQS).
+test *args: up build-transform
+    cargo test --release --workspace "$@"
+
+# Formatting and lints, as CI checks them.
+lint: toolchain
+    cargo fmt --all -- --check
+    cargo clippy --release --workspace --all-targets -- -D warnings
+    cargo clippy --release -p transform-wasm --target {{wasm_target}} -- -D warnings

@@ -38,9 +38,10 @@ pg_bin() {
 ensure_postgres_installed() {
     pg_bin >/dev/null && return
     log "installing postgresql-15 from Debian"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq postgresql-15 postgresql-client-15 >/dev/null
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 postgresql-client-15 >/dev/null
     pg_bin >/dev/null || die "postgresql-15 installed but pg_ctl not found"
 }
 
@@ -108,12 +109,20 @@ ensure_localstack_installed() {
     if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import localstack.runtime.main' 2>/dev/null; then
         return
     fi
-    local py
-    py="$(find_python313)" || die "LocalStack needs Python >= 3.13 (python3.13 on PATH or under ~/.pyenv); none found"
-    log "installing LocalStack (SQS only) into .data/localstack-venv with $py"
     rm -rf "$venv"
-    "$py" -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check -r "$root/scripts/localstack-requirements.txt"
+    local py
+    if py="$(find_python313)"; then
+        log "installing LocalStack (SQS only) into .data/localstack-venv with $py"
+        "$py" -m venv "$venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check -r "$root/scripts/localstack-requirements.txt"
+    else
+        # No Python >= 3.13 here: let uv (from PyPI) fetch a managed one.
+        log "no Python >= 3.13 found; installing uv to provide one"
+        python3 -m venv "$data/uv"
+        "$data/uv/bin/pip" install -q --disable-pip-version-check uv
+        "$data/uv/bin/uv" venv -q --python 3.13 "$venv" || die "LocalStack needs Python >= 3.13 and uv could not provide one"
+        "$data/uv/bin/uv" pip install -q --python "$venv/bin/python" -r "$root/scripts/localstack-requirements.txt"
+    fi
 }
 
 localstack_healthy() {

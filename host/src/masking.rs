@@ -46,7 +46,7 @@ impl MasterKey {
         }
         let bytes = Zeroizing::new(
             // 32 bytes of base64 is 43 or 44 characters: never all-hex of even length.
-            if text.len() % 2 == 0 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if text.len().is_multiple_of(2) && text.bytes().all(|b| b.is_ascii_hexdigit()) {
                 hex::decode(text).map_err(|_| KeyError::Encoding)?
             } else {
                 STANDARD

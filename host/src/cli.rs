@@ -1,4 +1,4 @@
-//! The commands: `run`, `reveal`, `keygen` and `queue load`.
+//! The commands: `run`, `reveal`, `keygen`, `transform test|inspect` and `queue load`.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -10,12 +10,14 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::sync::watch;
 
+use crate::author;
 use crate::config::{KeyArgs, RunArgs};
 use crate::masking::MasterKey;
-use crate::pipeline::{Pipeline, Summary, describe_transform};
-use crate::runtime::{self, Transform};
+use crate::pipeline::{Pipeline, Summary};
+use crate::runtime::{self, short};
 use crate::sink::redact_url;
 use crate::source::SqsSource;
+use crate::swap::{self, Reloader, SwapStats};
 
 #[derive(Parser, Debug)]
 #[command(name = "maskpipe", version, about, long_about = None)]
@@ -47,9 +49,30 @@ pub enum Command {
     Reveal(RevealArgs),
     /// Print a new random master key (64 hex digits).
     Keygen,
+    /// Test and inspect transform components (the author's kit).
+    #[command(subcommand)]
+    Transform(TransformCommand),
     /// Queue utilities for local stacks and tests.
     #[command(subcommand)]
     Queue(QueueCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TransformCommand {
+    /// Run golden vectors through a component in wasm isolation, under the
+    /// public test key; print a diff per failure; exit 1 on any failure.
+    Test {
+        /// The component (.wasm).
+        component: PathBuf,
+        /// Vectors file (JSON Lines); default: NAME.vectors.jsonl beside NAME.wasm.
+        vectors: Option<PathBuf>,
+    },
+    /// Print a component's digest, size, imports, exports and WIT world, and
+    /// whether maskpipe would load it.
+    Inspect {
+        /// The component (.wasm).
+        component: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -99,6 +122,13 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             println!("{}", MasterKey::generate_hex());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Transform(TransformCommand::Test { component, vectors }) => {
+            author::test(&component, vectors.as_deref())
+        }
+        Command::Transform(TransformCommand::Inspect { component }) => {
+            print!("{}", author::inspect(&component)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Queue(QueueCommand::Load {
             queue,
             file,
@@ -113,15 +143,11 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let keyring = args.keys.keyring()?;
     let settings = args.settings()?;
     let engine = runtime::engine()?;
-    let transform = Arc::new(Transform::load(
-        &engine,
-        &args.transform,
-        Arc::clone(&keyring),
-        args.limits(),
-    )?);
+    let (transform, validation) = swap::load_validated(&engine, &args.transform, args.limits())?;
     tracing::info!(
-        "loaded {} from {}",
-        describe_transform(&transform),
+        "loaded transform sha256:{} ({} bytes) from {}, validated with {validation}",
+        short(transform.digest()),
+        transform.size(),
         args.transform.display()
     );
     let source = SqsSource::connect(&args.queue).await?;
@@ -136,9 +162,20 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
 
     let (stop, shutdown) = watch::channel(false);
     tokio::spawn(stop_on_signal(stop));
+    let (publish, published) = watch::channel(transform);
+    let swaps = Arc::new(SwapStats::default());
+    let reloader = Reloader::new(
+        engine,
+        args.transform.clone(),
+        args.limits(),
+        publish,
+        Arc::clone(&swaps),
+    );
+    let reloading = tokio::spawn(reloader.run(shutdown.clone()));
     let drain = settings.drain;
-    let pipeline = Pipeline::new(source.clone(), transform, keyring, settings);
+    let pipeline = Pipeline::new(source.clone(), published, keyring, settings);
     let summary = pipeline.run(shutdown).await?;
+    reloading.abort();
 
     let depth = source.depth().await.ok();
     print_summary(

@@ -14,9 +14,11 @@
 //! * [`record`]: rows and rejections, and the `user_logins` column limits.
 //! * [`sink`]: one transaction per batch: ledger, rows, dead letters.
 //! * [`pipeline`]: the pollers that drive a batch through all of the above.
+//! * [`swap`]: which component runs: validation, file watching, hot swap.
 //! * [`config`] and [`cli`]: settings from the environment and flags; commands.
-//! * [`vectors`]: golden-vector checks of a component, for its authors.
+//! * [`vectors`] and [`author`]: golden vectors and the transform author's kit.
 
+pub mod author;
 pub mod cli;
 pub mod config;
 pub mod masking;
@@ -25,4 +27,5 @@ pub mod record;
 pub mod runtime;
 pub mod sink;
 pub mod source;
+pub mod swap;
 pub mod vectors;

@@ -29,6 +29,10 @@ use zeroize::Zeroizing;
 const MASK_SCHEME: &str = "mp1";
 /// Randomly sealed dead-letter bodies.
 const SEAL_SCHEME: &str = "mp1s";
+/// Irreversible keyed pseudonyms.
+const PSEUDONYM_SCHEME: &str = "ps1";
+/// 128 bits of HMAC: collisions stay negligible for any realistic table.
+const PSEUDONYM_LEN: usize = 16;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const KEY_ID_MAX_LEN: usize = 16;
@@ -107,6 +111,7 @@ struct KeySet {
     mask_cipher: Aes256Gcm,
     mask_mac: Hmac<Sha256>,
     seal_cipher: Aes256Gcm,
+    pseudonym_mac: Hmac<Sha256>,
 }
 
 impl KeySet {
@@ -121,11 +126,15 @@ impl KeySet {
         let mask_key = derive(b"maskpipe/v1/mask/aes-256-gcm");
         let mac_key = derive(b"maskpipe/v1/mask/hmac-sha256-nonce");
         let seal_key = derive(b"maskpipe/v1/seal/aes-256-gcm");
+        let pseudonym_key = derive(b"maskpipe/v1/pseudonym/hmac-sha256");
+        let hmac = |key: &[u8]| {
+            <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key length")
+        };
         Self {
             mask_cipher: Aes256Gcm::new(mask_key.as_slice().into()),
-            mask_mac: <Hmac<Sha256> as Mac>::new_from_slice(mac_key.as_slice())
-                .expect("HMAC accepts any key length"),
+            mask_mac: hmac(mac_key.as_slice()),
             seal_cipher: Aes256Gcm::new(seal_key.as_slice().into()),
+            pseudonym_mac: hmac(pseudonym_key.as_slice()),
         }
     }
 }
@@ -137,6 +146,7 @@ pub struct Keyring {
     /// associated data and the prefix of every token.
     mask_header: String,
     seal_header: String,
+    pseudonym_header: String,
     keys: BTreeMap<String, KeySet>,
 }
 
@@ -168,6 +178,7 @@ impl Keyring {
             current_id: current_id.to_owned(),
             mask_header: format!("{MASK_SCHEME}.{current_id}"),
             seal_header: format!("{SEAL_SCHEME}.{current_id}"),
+            pseudonym_header: format!("{PSEUDONYM_SCHEME}.{current_id}"),
             keys,
         })
     }
@@ -183,12 +194,7 @@ impl Keyring {
     /// Masks `value` as a value of column `field`: deterministic, reversible.
     pub fn mask(&self, field: &str, value: &str) -> String {
         let keys = self.current();
-        let mut mac = keys.mask_mac.clone();
-        // Length-prefix the field so ("ab", "c") and ("a", "bc") differ.
-        mac.update(&(field.len() as u64).to_be_bytes());
-        mac.update(field.as_bytes());
-        mac.update(value.as_bytes());
-        let tag = mac.finalize().into_bytes();
+        let tag = keyed_digest(&keys.mask_mac, field, value);
         let nonce = Nonce::from_slice(&tag[..NONCE_LEN]);
         encode(
             &self.mask_header,
@@ -196,6 +202,16 @@ impl Keyring {
             &keys.mask_cipher,
             value.as_bytes(),
         )
+    }
+
+    /// A keyed, irreversible pseudonym of `value` as a value of `field`.
+    pub fn pseudonymize(&self, field: &str, value: &str) -> String {
+        let tag = keyed_digest(&self.current().pseudonym_mac, field, value);
+        let mut token = String::with_capacity(self.pseudonym_header.len() + 23);
+        token.push_str(&self.pseudonym_header);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&tag[..PSEUDONYM_LEN], &mut token);
+        token
     }
 
     /// Encrypts `plaintext` with a random nonce (dead-letter bodies).
@@ -249,6 +265,20 @@ impl Keyring {
 /// of `key_id_len` characters.
 pub fn masked_len(key_id_len: usize, value_len: usize) -> usize {
     MASK_SCHEME.len() + 1 + key_id_len + 1 + (NONCE_LEN + value_len + TAG_LEN).div_ceil(3) * 4
+}
+
+/// HMAC over (field, value), the field length-prefixed so ("ab", "c") and
+/// ("a", "bc") differ.
+fn keyed_digest(
+    mac: &Hmac<Sha256>,
+    field: &str,
+    value: &str,
+) -> hmac::digest::Output<Hmac<Sha256>> {
+    let mut mac = mac.clone();
+    mac.update(&(field.len() as u64).to_be_bytes());
+    mac.update(field.as_bytes());
+    mac.update(value.as_bytes());
+    mac.finalize().into_bytes()
 }
 
 fn encode(
@@ -367,6 +397,20 @@ mod tests {
             Err(RevealError::UnknownKey("k9".into()))
         );
         assert_eq!(ring.reveal("hello"), Err(RevealError::Format));
+    }
+
+    #[test]
+    fn pseudonyms_are_stable_keyed_and_irreversible() {
+        let ring = keyring("k1", KEY_A);
+        let a = ring.pseudonymize("device_id", "593-47-5928");
+        assert_eq!(a, ring.pseudonymize("device_id", "593-47-5928"));
+        assert_ne!(a, ring.pseudonymize("ip", "593-47-5928"));
+        assert_ne!(
+            a,
+            keyring("k1", KEY_B).pseudonymize("device_id", "593-47-5928")
+        );
+        assert!(a.starts_with("ps1.k1.") && a.len() <= 44, "{a}");
+        assert_eq!(ring.reveal(&a), Err(RevealError::Format));
     }
 
     #[test]

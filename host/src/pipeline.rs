@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::masking::Keyring;
 use crate::record::Outcome;
-use crate::runtime::{Transform, Worker, short};
+use crate::runtime::{Transform, Worker};
 use crate::sink::{PgSink, Processed, WriteReport};
 use crate::source::{Received, SqsSource};
 
@@ -100,7 +100,8 @@ impl Stats {
 
 pub struct Pipeline {
     source: SqsSource,
-    transform: Arc<Transform>,
+    /// The published component; pollers switch to a new one between batches.
+    transform: watch::Receiver<Arc<Transform>>,
     keyring: Arc<Keyring>,
     settings: Settings,
     stats: Arc<Stats>,
@@ -109,7 +110,7 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn new(
         source: SqsSource,
-        transform: Arc<Transform>,
+        transform: watch::Receiver<Arc<Transform>>,
         keyring: Arc<Keyring>,
         settings: Settings,
     ) -> Self {
@@ -138,7 +139,9 @@ impl Pipeline {
         let shared = Arc::new(self);
         let mut pollers = tokio::task::JoinSet::new();
         for index in 0..shared.settings.pollers.max(1) {
-            let worker = shared.transform.worker()?;
+            let worker = shared
+                .current_transform()
+                .worker(Arc::clone(&shared.keyring))?;
             let poller = Poller {
                 index,
                 shared: Arc::clone(&shared),
@@ -161,6 +164,10 @@ impl Pipeline {
             progress.abort();
         }
         Ok(shared.stats.summary())
+    }
+
+    fn current_transform(&self) -> Arc<Transform> {
+        Arc::clone(&self.transform.borrow())
     }
 }
 
@@ -248,9 +255,12 @@ impl Poller {
         &mut self,
         messages: Vec<Received>,
     ) -> Option<(Vec<Received>, Vec<Outcome>, String)> {
+        // Switching here, between batches, is what makes a swap atomic: a
+        // batch runs start to finish on one component.
+        let current = self.shared.current_transform();
         let mut worker = match self.worker.take() {
-            Some(worker) => worker,
-            None => match self.shared.transform.worker() {
+            Some(worker) if Arc::ptr_eq(worker.transform(), &current) => worker,
+            _ => match current.worker(Arc::clone(&self.shared.keyring)) {
                 Ok(worker) => worker,
                 Err(error) => {
                     tracing::error!(
@@ -422,15 +432,6 @@ impl Backoff {
             _ = shutdown.changed() => false,
         }
     }
-}
-
-/// Logs which component a pipeline runs, in the form operators grep for.
-pub fn describe_transform(transform: &Transform) -> String {
-    format!(
-        "component sha256:{} ({} bytes)",
-        short(transform.digest()),
-        transform.size()
-    )
 }
 
 #[cfg(test)]

@@ -112,29 +112,18 @@ pub struct Transform {
     pre: TransformerPre<HostState>,
     digest: String,
     size: usize,
-    keyring: Arc<Keyring>,
     limits: Limits,
 }
 
 impl Transform {
-    pub fn load(
-        engine: &Engine,
-        path: &Path,
-        keyring: Arc<Keyring>,
-        limits: Limits,
-    ) -> Result<Self> {
+    pub fn load(engine: &Engine, path: &Path, limits: Limits) -> Result<Self> {
         let bytes = std::fs::read(path)
             .with_context(|| format!("cannot read transform component {}", path.display()))?;
-        Self::from_bytes(engine, &bytes, keyring, limits)
+        Self::from_bytes(engine, &bytes, limits)
             .with_context(|| format!("cannot load transform component {}", path.display()))
     }
 
-    pub fn from_bytes(
-        engine: &Engine,
-        bytes: &[u8],
-        keyring: Arc<Keyring>,
-        limits: Limits,
-    ) -> Result<Self> {
+    pub fn from_bytes(engine: &Engine, bytes: &[u8], limits: Limits) -> Result<Self> {
         let digest = hex::encode(Sha256::digest(bytes));
         let component = Component::from_binary(engine, bytes)
             .map_err(anyhow::Error::from)
@@ -156,7 +145,6 @@ impl Transform {
             pre,
             digest,
             size: bytes.len(),
-            keyring,
             limits,
         })
     }
@@ -170,17 +158,18 @@ impl Transform {
         self.size
     }
 
-    /// A fresh instance, ready for batches.
-    pub fn worker(self: &Arc<Self>) -> Result<Worker> {
-        let (store, instance) = self.instantiate()?;
+    /// A fresh instance, ready for batches, masking with `keyring`.
+    pub fn worker(self: &Arc<Self>, keyring: Arc<Keyring>) -> Result<Worker> {
+        let (store, instance) = self.instantiate(&keyring)?;
         Ok(Worker {
             transform: Arc::clone(self),
+            keyring,
             store,
             instance,
         })
     }
 
-    fn instantiate(&self) -> Result<(Store<HostState>, Transformer)> {
+    fn instantiate(&self, keyring: &Arc<Keyring>) -> Result<(Store<HostState>, Transformer)> {
         let state = HostState {
             wasi: WasiCtx::builder()
                 .wall_clock(FrozenClock)
@@ -191,7 +180,7 @@ impl Transform {
                 .memory_size(self.limits.memory_bytes)
                 .trap_on_grow_failure(true)
                 .build(),
-            keyring: Arc::clone(&self.keyring),
+            keyring: Arc::clone(keyring),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -213,6 +202,7 @@ impl Transform {
 /// One instance of a [`Transform`], reused across batches.
 pub struct Worker {
     transform: Arc<Transform>,
+    keyring: Arc<Keyring>,
     store: Store<HostState>,
     instance: Transformer,
 }
@@ -220,6 +210,11 @@ pub struct Worker {
 impl Worker {
     pub fn digest(&self) -> &str {
         self.transform.digest()
+    }
+
+    /// The component this worker runs.
+    pub fn transform(&self) -> &Arc<Transform> {
+        &self.transform
     }
 
     /// Transforms a batch: one outcome per message, in order.
@@ -277,7 +272,7 @@ impl Worker {
 
     /// A trap can leave an instance's memory inconsistent: start afresh.
     fn recycle(&mut self) -> Result<()> {
-        let (store, instance) = self.transform.instantiate()?;
+        let (store, instance) = self.transform.instantiate(&self.keyring)?;
         self.store = store;
         self.instance = instance;
         Ok(())
@@ -305,6 +300,10 @@ impl WasiView for HostState {
 impl masking::Host for HostState {
     fn mask(&mut self, field: String, value: String) -> String {
         self.keyring.mask(&field, &value)
+    }
+
+    fn pseudonymize(&mut self, field: String, value: String) -> String {
+        self.keyring.pseudonymize(&field, &value)
     }
 }
 

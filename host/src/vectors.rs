@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Vectors run under a fixed, public test key, so `{"mask": [field, value]}`
-//! stands for the exact masked text and expectations stay readable. A column
+//! (or `{"pseudonymize": [field, value]}`) stands for the exact text the host
+//! function returns, and expectations stay readable. A column
 //! left out of an expected row must be NULL. `sent_timestamp_ms` defaults to
 //! 2022-12-12T10:00:00Z.
 
@@ -118,17 +119,26 @@ fn parse_row(row: &serde_json::Map<String, Value>, keyring: &Keyring) -> Result<
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(text)) => Ok(Some(text.clone())),
             Some(Value::Object(spec)) => {
-                let args = spec
-                    .get("mask")
-                    .and_then(Value::as_array)
-                    .filter(|args| args.len() == 2)
+                let (function, args) = spec
+                    .iter()
+                    .next()
+                    .filter(|_| spec.len() == 1)
                     .with_context(|| {
-                        format!("`{column}`: expected {{\"mask\": [field, value]}}")
+                        format!(
+                            "`{column}`: expected {{\"mask\" or \"pseudonymize\": [field, value]}}"
+                        )
                     })?;
-                let (Some(field), Some(plain)) = (args[0].as_str(), args[1].as_str()) else {
-                    bail!("`{column}`: mask arguments must be strings");
+                let (Some(field), Some(plain)) = (
+                    args.get(0).and_then(Value::as_str),
+                    args.get(1).and_then(Value::as_str),
+                ) else {
+                    bail!("`{column}`: {function} takes [field, value], both strings");
                 };
-                Ok(Some(keyring.mask(field, plain)))
+                match function.as_str() {
+                    "mask" => Ok(Some(keyring.mask(field, plain))),
+                    "pseudonymize" => Ok(Some(keyring.pseudonymize(field, plain))),
+                    other => bail!("`{column}`: unknown function `{other}`"),
+                }
             }
             Some(_) => bail!("`{column}` must be a string, null or {{\"mask\": …}}"),
         }
@@ -165,7 +175,7 @@ fn parse_row(row: &serde_json::Map<String, Value>, keyring: &Keyring) -> Result<
 /// Runs every vector through `transform` in batches, as the pipeline would,
 /// and returns the ones that failed.
 pub fn check(transform: &Arc<Transform>, vectors: &[Vector]) -> Result<Vec<Failure>> {
-    let mut worker = transform.worker()?;
+    let mut worker = transform.worker(test_keyring())?;
     let mut failures = Vec::new();
     for chunk in vectors.chunks(MAX_BATCH) {
         let messages: Vec<Received> = chunk.iter().map(|v| v.message.clone()).collect();
@@ -253,7 +263,7 @@ mod tests {
     fn parses_rows_with_mask_specs_and_rejections() {
         let keyring = test_keyring();
         let text = r#"
-{"name": "row", "body": "{}", "expect": {"row": {"user_id": "u", "masked_ip": {"mask": ["ip", "1.2.3.4"]}, "app_version": 20300, "create_date": "2022-12-12"}}}
+{"name": "row", "body": "{}", "expect": {"row": {"user_id": "u", "masked_ip": {"mask": ["ip", "1.2.3.4"]}, "masked_device_id": {"pseudonymize": ["device_id", "d"]}, "app_version": 20300, "create_date": "2022-12-12"}}}
 // comments and blank lines are skipped
 {"name": "bad", "body": "x", "sent_timestamp_ms": 5, "expect": {"rejected": "invalid_json"}}
 "#;

@@ -11,14 +11,14 @@ use maskpipe::runtime::{self, Limits, Transform};
 use maskpipe::source::Received;
 use maskpipe::vectors;
 
-fn load(keyring: Arc<maskpipe::masking::Keyring>) -> Arc<Transform> {
+fn load() -> Arc<Transform> {
     let engine = runtime::engine().unwrap();
-    Arc::new(Transform::load(&engine, &component_path(), keyring, Limits::default()).unwrap())
+    Arc::new(Transform::load(&engine, &component_path(), Limits::default()).unwrap())
 }
 
 #[test]
 fn the_reference_component_passes_its_golden_vectors() {
-    let transform = load(vectors::test_keyring());
+    let transform = load();
     let text = std::fs::read_to_string(repo_root().join("transform-wasm/vectors.jsonl")).unwrap();
     let vectors = vectors::parse(&text, &vectors::test_keyring()).unwrap();
     assert!(vectors.len() >= 30);
@@ -36,8 +36,8 @@ fn the_reference_component_passes_its_golden_vectors() {
 
 #[test]
 fn the_sample_data_gives_99_rows_and_rejects_the_13th_message() {
-    let transform = load(keyring());
-    let mut worker = transform.worker().unwrap();
+    let transform = load();
+    let mut worker = transform.worker(keyring()).unwrap();
     let messages: Vec<Received> = sample_bodies()
         .into_iter()
         .enumerate()
@@ -79,7 +79,7 @@ fn the_sample_data_gives_99_rows_and_rejects_the_13th_message() {
 fn the_digest_is_the_sha256_of_the_file() {
     use sha2::Digest;
     let bytes = std::fs::read(component_path()).unwrap();
-    let transform = load(keyring());
+    let transform = load();
     assert_eq!(
         transform.digest(),
         hex::encode(sha2::Sha256::digest(&bytes))
@@ -93,7 +93,7 @@ fn a_component_importing_an_ungranted_capability_is_refused() {
         (import "wasi:sockets/tcp@0.2.6" (instance))
     )"#;
     let bytes = wat::parse_str(wat).unwrap();
-    let error = Transform::from_bytes(&engine, &bytes, keyring(), Limits::default())
+    let error = Transform::from_bytes(&engine, &bytes, Limits::default())
         .err()
         .expect("must be refused");
     let message = format!("{error:#}");
@@ -105,7 +105,7 @@ fn a_component_importing_an_ungranted_capability_is_refused() {
 fn a_component_without_the_world_is_refused() {
     let engine = runtime::engine().unwrap();
     let bytes = wat::parse_str("(component)").unwrap();
-    let error = Transform::from_bytes(&engine, &bytes, keyring(), Limits::default())
+    let error = Transform::from_bytes(&engine, &bytes, Limits::default())
         .err()
         .expect("must be refused");
     assert!(
@@ -117,7 +117,7 @@ fn a_component_without_the_world_is_refused() {
 #[test]
 fn garbage_is_not_a_component() {
     let engine = runtime::engine().unwrap();
-    let error = Transform::from_bytes(&engine, b"not wasm", keyring(), Limits::default())
+    let error = Transform::from_bytes(&engine, b"not wasm", Limits::default())
         .err()
         .expect("must be refused");
     assert!(format!("{error:#}").contains("not a valid WebAssembly component"));

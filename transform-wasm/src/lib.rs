@@ -1,12 +1,11 @@
 //! maskpipe's reference transform for Fetch login messages.
 //!
-//! * `login` holds the policy as plain Rust: which messages are valid, how
-//!   fields normalize, which fields are masked. Native tests and benches call it
-//!   directly.
-//! * `component` exports it through the `maskpipe:transform/transformer` WIT
-//!   world when built for `wasm32-wasip2`; masking is the host's import.
+//! Validation and normalization are [`login_core`]'s; this transform's policy
+//! is to mask `ip` and `device_id` reversibly through the host's `mask`
+//! import ([`login_core::MaskBoth`]). Built for `wasm32-wasip2`, `component`
+//! exports it as the `maskpipe:transform/transformer` world.
 
-pub mod login;
+pub use login_core as login;
 
 #[cfg(target_family = "wasm")]
 mod component;

@@ -1,8 +1,10 @@
 //! Validation and normalization of one Fetch login message.
 //!
-//! This is plain Rust with no wasm in sight, so it can be unit-tested and
-//! benchmarked natively; `component.rs` wraps it for the WIT world. Masking is
-//! passed in as a function because its key lives in the host.
+//! Plain Rust with no wasm in sight, so it is unit-tested and benchmarked
+//! natively and shared by every transform component. What happens to the two
+//! PII fields is the one thing transforms differ in, so it is a parameter:
+//! a [`Protect`] implementation, which calls the host's keyed functions
+//! because the keys live in the host.
 
 use std::net::IpAddr;
 
@@ -56,13 +58,33 @@ impl Rejection {
     }
 }
 
+/// What a transform does with the PII fields of a valid message.
+pub trait Protect {
+    /// The value for `masked_ip`.
+    fn ip(&mut self, ip: IpAddr) -> String;
+    /// The value for `masked_device_id`.
+    fn device_id(&mut self, device_id: &str) -> String;
+}
+
+/// Reversible masking of both fields through a keyed `mask(field, value)`.
+/// The ip is masked in canonical form, so equal addresses mask equally
+/// however they were written ("::1" and "0::1"); dotted-quad IPv4 is unchanged.
+pub struct MaskBoth<F>(pub F);
+
+impl<F: FnMut(&str, &str) -> String> Protect for MaskBoth<F> {
+    fn ip(&mut self, ip: IpAddr) -> String {
+        (self.0)("ip", &ip.to_string())
+    }
+    fn device_id(&mut self, device_id: &str) -> String {
+        (self.0)("device_id", device_id)
+    }
+}
+
 /// Turns one message body into a row, or says why it cannot.
-///
-/// `mask(field, value)` is the host's keyed masking function.
 pub fn transform(
     body: &str,
     sent_timestamp_ms: u64,
-    mask: &mut impl FnMut(&str, &str) -> String,
+    protect: &mut impl Protect,
 ) -> Result<Row, Rejection> {
     let value: Value = serde_json::from_str(body).map_err(|e| {
         // serde_json's syntax errors carry a position, never the input text.
@@ -108,8 +130,6 @@ pub fn transform(
         ));
     }
 
-    // Masking the canonical text makes equal addresses mask equally however
-    // they were written ("::1" and "0::1"); dotted-quad IPv4 is unchanged.
     let ip: IpAddr = ip
         .parse()
         .map_err(|_| Rejection::new("invalid_ip", "field `ip` is not an IPv4 or IPv6 address"))?;
@@ -129,8 +149,8 @@ pub fn transform(
     Ok(Row {
         user_id: user_id.to_owned(),
         device_type: device_type.to_owned(),
-        masked_ip: mask("ip", &ip.to_string()),
-        masked_device_id: mask("device_id", device_id),
+        masked_ip: protect.ip(ip),
+        masked_device_id: protect.device_id(device_id),
         locale: locale.map(str::to_owned),
         app_version,
         create_date,
@@ -234,11 +254,8 @@ mod tests {
     const SENT_MS: u64 = 1_670_839_200_000;
 
     /// Stands in for the host's key: visibly tagged, so tests see what was masked.
-    fn tag(field: &str, value: &str) -> String {
-        format!("<{field}:{value}>")
-    }
-
     fn run(body: &str) -> Result<Row, Rejection> {
+        let mut tag = MaskBoth(|field: &str, value: &str| format!("<{field}:{value}>"));
         transform(body, SENT_MS, &mut tag)
     }
 

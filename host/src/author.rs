@@ -1,0 +1,118 @@
+//! The transform author's kit: `maskpipe transform test` and `inspect`.
+//!
+//! Both work on a component file alone, in wasm isolation: no queue, no
+//! database, and only the public test key.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use wasmtime::component::types::ComponentItem;
+use wit_parser::decoding::DecodedWasm;
+
+use crate::runtime::{self, Limits, Transform};
+use crate::swap::vectors_path;
+use crate::vectors;
+
+/// Runs golden vectors through a component; prints a diff for each failure.
+pub fn test(component: &Path, vectors_file: Option<&Path>) -> Result<ExitCode> {
+    let vectors_file = vectors_file.map_or_else(|| vectors_path(component), Path::to_path_buf);
+    let started = Instant::now();
+    let engine = runtime::engine()?;
+    let transform = Arc::new(Transform::load(&engine, component, Limits::default())?);
+    let text = std::fs::read_to_string(&vectors_file)
+        .with_context(|| format!("cannot read vectors {}", vectors_file.display()))?;
+    let vectors = vectors::parse(&text, &vectors::test_keyring())?;
+    let failures = vectors::check(&transform, &vectors)?;
+    for failure in &failures {
+        println!(
+            "FAIL line {} ({}):\n{}",
+            failure.line,
+            failure.name,
+            failure.diff.trim_end()
+        );
+    }
+    println!(
+        "{}: {} passed, {} failed ({} in {} ms)",
+        component.display(),
+        vectors.len() - failures.len(),
+        failures.len(),
+        vectors_file.display(),
+        started.elapsed().as_millis()
+    );
+    Ok(if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Describes a component: digest, size, WIT world, imports and exports, and
+/// whether maskpipe would load it.
+pub fn inspect(component: &Path) -> Result<String> {
+    let bytes =
+        std::fs::read(component).with_context(|| format!("cannot read {}", component.display()))?;
+    let engine = runtime::engine()?;
+    let mut out = String::new();
+    let _ = writeln!(out, "component  {}", component.display());
+    let _ = writeln!(out, "size       {} bytes", bytes.len());
+
+    let loaded = Transform::from_bytes(&engine, &bytes, Limits::default());
+    match &loaded {
+        Ok(transform) => {
+            let _ = writeln!(out, "sha256     {}", transform.digest());
+            let _ = writeln!(
+                out,
+                "verdict    loadable: imports only what maskpipe grants, exports the transformer world"
+            );
+        }
+        Err(error) => {
+            let _ = writeln!(out, "verdict    REFUSED: {error:#}");
+        }
+    }
+
+    if let Ok(parsed) = wasmtime::component::Component::from_binary(&engine, &bytes) {
+        let component_type = parsed.component_type();
+        let _ = writeln!(out, "\nimports");
+        for (name, item) in component_type.imports(&engine) {
+            let _ = writeln!(out, "  {name} ({})", kind(&item.ty));
+        }
+        let _ = writeln!(out, "exports");
+        for (name, item) in component_type.exports(&engine) {
+            let _ = writeln!(out, "  {name} ({})", kind(&item.ty));
+        }
+    }
+
+    match wit_parser::decoding::decode(&bytes) {
+        Ok(DecodedWasm::Component(resolve, world)) => {
+            let mut printer = wit_component::WitPrinter::default();
+            if let Some(package) = resolve.worlds[world].package
+                && printer.print(&resolve, package, &[]).is_ok()
+            {
+                let _ = writeln!(out, "\nWIT world\n{}", printer.output);
+            }
+        }
+        Ok(DecodedWasm::WitPackage(..)) => {
+            let _ = writeln!(out, "\n(a WIT package, not a component)");
+        }
+        Err(error) => {
+            let _ = writeln!(out, "\n(no WIT world: {error})");
+        }
+    }
+    Ok(out)
+}
+
+fn kind(item: &ComponentItem) -> &'static str {
+    match item {
+        ComponentItem::ComponentFunc(_) => "function",
+        ComponentItem::CoreFunc(_) => "core function",
+        ComponentItem::Module(_) => "module",
+        ComponentItem::Component(_) => "component",
+        ComponentItem::ComponentInstance(_) => "instance",
+        ComponentItem::Type(_) => "type",
+        ComponentItem::Resource(_) => "resource",
+    }
+}

@@ -1,0 +1,59 @@
+//! A second transform: the same validation as the reference, a different
+//! PII policy, for an analytics copy of `user_logins` that nobody can
+//! re-identify, not even the key holder:
+//!
+//! * `masked_ip` holds the network in clear: the /24 of an IPv4 address, the
+//!   /48 of an IPv6 address (enough for geo analysis, not for a person);
+//! * `masked_device_id` holds a keyed, irreversible pseudonym
+//!   (`ps1.<key id>.…`): equal devices still count and join as equal.
+
+use std::net::IpAddr;
+
+use login_core::Protect;
+
+/// The analytics policy over the host's `pseudonymize(field, value)`.
+pub struct Analytics<F>(pub F);
+
+impl<F: FnMut(&str, &str) -> String> Protect for Analytics<F> {
+    fn ip(&mut self, ip: IpAddr) -> String {
+        network(ip)
+    }
+    fn device_id(&mut self, device_id: &str) -> String {
+        (self.0)("device_id", device_id)
+    }
+}
+
+/// The /24 (IPv4) or /48 (IPv6) network of an address, in CIDR notation.
+pub fn network(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            format!("{a}.{b}.{c}.0/24")
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let prefix = std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0);
+            format!("{prefix}/48")
+        }
+    }
+}
+
+#[cfg(target_family = "wasm")]
+mod component;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_keep_only_the_prefix() {
+        assert_eq!(
+            network("199.172.111.135".parse().unwrap()),
+            "199.172.111.0/24"
+        );
+        assert_eq!(
+            network("2001:db8:1234:5678::1".parse().unwrap()),
+            "2001:db8:1234::/48"
+        );
+    }
+}

@@ -30,9 +30,30 @@ up:
 down:
     scripts/stack.sh down
 
-# Build the reference transform component.
+# Build every transform component and put its golden vectors beside it (NAME.vectors.jsonl), where hot swap looks for them.
 build-transform: toolchain
-    cargo build --release -p transform-wasm --target {{wasm_target}}
+    #!/usr/bin/env bash
+    set -euo pipefail
+    packages=()
+    for manifest in transform-wasm/Cargo.toml transform-wasm/*/Cargo.toml; do
+        grep -q cdylib "$manifest" || continue
+        packages+=(-p "$(sed -n 's/^name = "\(.*\)"/\1/p' "$manifest" | head -1)")
+    done
+    cargo build --release --target {{wasm_target}} "${packages[@]}"
+    for manifest in transform-wasm/Cargo.toml transform-wasm/*/Cargo.toml; do
+        grep -q cdylib "$manifest" || continue
+        file="$(sed -n 's/^name = "\(.*\)"/\1/p' "$manifest" | head -1 | tr - _)"
+        cp "$(dirname "$manifest")/vectors.jsonl" "target/{{wasm_target}}/release/$file.vectors.jsonl"
+    done
+
+# Scaffold a new transform crate under transform-wasm/NAME that builds and passes its own vectors.
+new-transform name:
+    scripts/new-transform.sh "{{name}}"
+
+# Run a component's golden vectors in wasm isolation (default: NAME.vectors.jsonl beside it).
+test-transform component *vectors:
+    cargo build --release -p maskpipe
+    ./target/release/maskpipe transform test "$@"
 
 # Build the component and the host.
 build: build-transform

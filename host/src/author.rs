@@ -21,12 +21,7 @@ use crate::vectors;
 pub fn test(component: &Path, vectors_file: Option<&Path>) -> Result<ExitCode> {
     let vectors_file = vectors_file.map_or_else(|| vectors_path(component), Path::to_path_buf);
     let started = Instant::now();
-    let engine = runtime::engine()?;
-    let transform = Arc::new(Transform::load(&engine, component, Limits::default())?);
-    let text = std::fs::read_to_string(&vectors_file)
-        .with_context(|| format!("cannot read vectors {}", vectors_file.display()))?;
-    let vectors = vectors::parse(&text, &vectors::test_keyring())?;
-    let failures = vectors::check(&transform, &vectors)?;
+    let (count, failures) = vectors::check_file(component, &vectors_file)?;
     for failure in &failures {
         println!(
             "FAIL line {} ({}):\n{}",
@@ -38,7 +33,7 @@ pub fn test(component: &Path, vectors_file: Option<&Path>) -> Result<ExitCode> {
     println!(
         "{}: {} passed, {} failed ({} in {} ms)",
         component.display(),
-        vectors.len() - failures.len(),
+        count - failures.len(),
         failures.len(),
         vectors_file.display(),
         started.elapsed().as_millis()

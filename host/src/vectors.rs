@@ -16,6 +16,7 @@
 //! 2022-12-12T10:00:00Z.
 
 use std::fmt::Write as _;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
@@ -24,7 +25,7 @@ use serde_json::Value;
 
 use crate::masking::{Keyring, MasterKey};
 use crate::record::{Outcome, Row};
-use crate::runtime::Transform;
+use crate::runtime::{self, Limits, Transform};
 use crate::source::{MAX_BATCH, Received};
 
 /// The public key vectors are written against. Never a real key.
@@ -191,6 +192,39 @@ pub fn check(transform: &Arc<Transform>, vectors: &[Vector]) -> Result<Vec<Failu
         }
     }
     Ok(failures)
+}
+
+/// Loads `component` and runs the vectors file through it: how many vectors
+/// there were, and which failed.
+pub fn check_file(component: &Path, vectors_file: &Path) -> Result<(usize, Vec<Failure>)> {
+    let engine = runtime::engine()?;
+    let transform = Arc::new(Transform::load(&engine, component, Limits::default())?);
+    let text = std::fs::read_to_string(vectors_file)
+        .with_context(|| format!("cannot read vectors {}", vectors_file.display()))?;
+    let vectors = parse(&text, &test_keyring())?;
+    let failures = check(&transform, &vectors)?;
+    Ok((vectors.len(), failures))
+}
+
+/// For a transform crate's own tests: panics with every diff unless all
+/// vectors pass.
+pub fn assert_all_pass(component: &Path, vectors_file: &Path) {
+    assert!(
+        component.exists(),
+        "{} is missing: build it first (`just build-transform`, which `just test` runs)",
+        component.display()
+    );
+    let (count, failures) = check_file(component, vectors_file)
+        .unwrap_or_else(|error| panic!("cannot run vectors: {error:#}"));
+    let report: String = failures
+        .iter()
+        .map(|f| format!("line {} ({}):\n{}", f.line, f.name, f.diff))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {count} vectors failed:\n{report}",
+        failures.len()
+    );
 }
 
 /// `None` when the outcome is what was expected, else a readable diff.

@@ -245,6 +245,58 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
+/// Exports [`transform`] with a [`Protect`] policy as the component's
+/// `transform-batch`. Call it after `wit_bindgen::generate!` for the
+/// `maskpipe:transform/transformer` world, in the component crate:
+///
+/// ```ignore
+/// wit_bindgen::generate!({ path: "../wit", world: "transformer" });
+/// login_core::export_transformer!(MyTransform, MaskBoth(|f: &str, v: &str| masking::mask(f, v)));
+/// ```
+#[macro_export]
+macro_rules! export_transformer {
+    ($component:ident, $policy:expr) => {
+        struct $component;
+
+        impl Guest for $component {
+            fn transform_batch(messages: Vec<Message>) -> Vec<Outcome> {
+                use maskpipe::transform::types::{Date, LoginRow, Rejection};
+                let mut policy = $policy;
+                messages
+                    .iter()
+                    .map(|message| {
+                        match $crate::transform(
+                            &message.body,
+                            message.sent_timestamp_ms,
+                            &mut policy,
+                        ) {
+                            Ok(row) => Outcome::Row(LoginRow {
+                                user_id: Some(row.user_id),
+                                device_type: Some(row.device_type),
+                                masked_ip: Some(row.masked_ip),
+                                masked_device_id: Some(row.masked_device_id),
+                                locale: row.locale,
+                                app_version: Some(row.app_version),
+                                create_date: Some(Date {
+                                    year: row.create_date.year,
+                                    month: row.create_date.month,
+                                    day: row.create_date.day,
+                                }),
+                            }),
+                            Err(rejection) => Outcome::Rejected(Rejection {
+                                code: rejection.code.to_owned(),
+                                detail: rejection.detail,
+                            }),
+                        }
+                    })
+                    .collect()
+            }
+        }
+
+        export!($component);
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Scaffolds transform-wasm/NAME: a transform crate that builds and passes its
+# own golden vectors out of the box. Its policy starts as the reference's
+# (reversible masking of ip and device_id); edit src/lib.rs and vectors.jsonl.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+name="${1:-}"
+[[ "$name" =~ ^[a-z][a-z0-9-]{0,30}$ ]] || { echo "usage: just new-transform NAME (lower case, digits, '-')" >&2; exit 2; }
+dir="$root/transform-wasm/$name"
+[ -e "$dir" ] && { echo "transform-wasm/$name already exists" >&2; exit 1; }
+crate="transform-$name"
+file="${crate//-/_}"
+type="$(sed -E 's/(^|-)([a-z])/\U\2/g' <<<"$name")Transform"
+
+mkdir -p "$dir/src" "$dir/tests"
+cat >"$dir/Cargo.toml" <<TOML
+[package]
+name = "$crate"
+description = "maskpipe transform: $name"
+version.workspace = true
+edition.workspace = true
+rust-version.workspace = true
+license.workspace = true
+publish = false
+
+[lib]
+crate-type = ["cdylib", "rlib"]
+
+[dependencies]
+login-core = { path = "../core" }
+wit-bindgen = { version = "0.61", default-features = false, features = ["macros", "realloc", "std"] }
+
+[dev-dependencies]
+maskpipe = { path = "../../host" }
+TOML
+
+cat >"$dir/src/lib.rs" <<RUST
+//! The $name transform. Validation and normalization are login-core's; the
+//! policy below decides what \`masked_ip\` and \`masked_device_id\` hold. It
+//! starts as the reference policy: reversible masking through the host.
+
+use std::net::IpAddr;
+
+use login_core::Protect;
+
+/// What this transform does with the PII fields, given the host's \`mask\`.
+pub struct Policy<F>(pub F);
+
+impl<F: FnMut(&str, &str) -> String> Protect for Policy<F> {
+    fn ip(&mut self, ip: IpAddr) -> String {
+        (self.0)("ip", &ip.to_string())
+    }
+    fn device_id(&mut self, device_id: &str) -> String {
+        (self.0)("device_id", device_id)
+    }
+}
+
+#[cfg(target_family = "wasm")]
+mod component;
+RUST
+
+cat >"$dir/src/component.rs" <<RUST
+//! The WIT glue.
+
+use crate::Policy;
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "transformer",
+});
+
+use maskpipe::transform::masking::mask;
+
+login_core::export_transformer!($type, Policy(|field: &str, value: &str| mask(field, value)));
+RUST
+
+cat >"$dir/tests/vectors.rs" <<RUST
+//! The built component passes this crate's golden vectors, in wasmtime.
+
+use std::path::Path;
+
+#[test]
+fn the_built_component_passes_its_vectors() {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let component = crate_dir.join("../../target/wasm32-wasip2/release/$file.wasm");
+    maskpipe::vectors::assert_all_pass(&component, &crate_dir.join("vectors.jsonl"));
+}
+RUST
+
+cp "$root/transform-wasm/vectors.jsonl" "$dir/vectors.jsonl"
+sed -i "s|^    # new transforms are inserted above this line|    \"transform-wasm/$name\",\n&|" "$root/Cargo.toml"
+
+echo "created transform-wasm/$name ($crate). Next:"
+echo "  just build-transform                     # builds target/wasm32-wasip2/release/$file.wasm"
+echo "  cargo test --release -p $crate          # runs its vectors in wasmtime"

@@ -1,0 +1,238 @@
+//! Hot swap under continuous load, against the real stack: v1 → v2 by
+//! rename mid-stream loses and duplicates nothing and never splits a batch;
+//! a component that fails its vectors is refused and v2 keeps running.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use sha2::Digest;
+use tokio::io::AsyncBufReadExt;
+
+fn release_dir() -> PathBuf {
+    component_path().parent().unwrap().to_path_buf()
+}
+
+fn sha256(path: &Path) -> String {
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// The documented deployment: write beside, then rename over. Vectors first,
+/// because the component's arrival is what triggers the reload.
+fn deploy(component: &Path, vectors: &Path, live: &Path) {
+    let live_vectors = maskpipe::swap::vectors_path(live);
+    let staged = live.with_extension("vectors.jsonl.tmp");
+    std::fs::copy(vectors, &staged).unwrap();
+    std::fs::rename(&staged, &live_vectors).unwrap();
+    let staged = live.with_extension("wasm.tmp");
+    std::fs::copy(component, &staged).unwrap();
+    std::fs::rename(&staged, live).unwrap();
+}
+
+async fn wait_for(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !done().await {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn swapping_mid_stream_loses_nothing_and_refuses_a_broken_component() {
+    let database = fresh_database().await;
+    let queue = fresh_queue().await;
+    let deploy_dir = std::env::temp_dir().join(unique_name("maskpipe-swap"));
+    std::fs::create_dir_all(&deploy_dir).unwrap();
+    let live = deploy_dir.join("transform.wasm");
+
+    let v1 = release_dir().join("transform_wasm.wasm");
+    let v1_vectors = repo_root().join("transform-wasm/vectors.jsonl");
+    let v2 = release_dir().join("transform_analytics.wasm");
+    let v2_vectors = repo_root().join("transform-wasm/analytics/vectors.jsonl");
+    let (v1_digest, v2_digest) = (sha256(&v1), sha256(&v2));
+    deploy(&v1, &v1_vectors, &live);
+
+    // One poller, so the ledger's commit order is the processing order.
+    let mut host = maskpipe()
+        .args([
+            "run",
+            "--pollers",
+            "1",
+            "--wait-seconds",
+            "1",
+            "--progress-seconds",
+            "0",
+        ])
+        .arg("--queue")
+        .arg(queue.queue_url())
+        .arg("--database-url")
+        .arg(&database)
+        .arg("--transform")
+        .arg(&live)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut lines = tokio::io::BufReader::new(host.stderr.take().unwrap()).lines();
+    let log_writer = Arc::clone(&log);
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            log_writer.lock().unwrap().push(line);
+        }
+    });
+    let logged = |needle: &'static str| {
+        let log = Arc::clone(&log);
+        move || log.lock().unwrap().iter().any(|l| l.contains(needle))
+    };
+
+    // Continuous load: unique logins, ten every 20 ms, until told to stop.
+    let sent = Arc::new(AtomicUsize::new(0));
+    let producing = Arc::new(AtomicBool::new(true));
+    let template = sample_bodies()[0].clone();
+    let producer = {
+        let (queue, sent, producing) = (queue.clone(), Arc::clone(&sent), Arc::clone(&producing));
+        tokio::spawn(async move {
+            while producing.load(Ordering::Relaxed) {
+                let start = sent.load(Ordering::Relaxed);
+                let bodies: Vec<String> = (start..start + 10)
+                    .map(|n| {
+                        template.replace(
+                            "424cdd21-063a-43a7-b91b-7ca1a833afae",
+                            &format!("swap-{n:06}"),
+                        )
+                    })
+                    .collect();
+                queue.send(&bodies).await.unwrap();
+                sent.fetch_add(10, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    let db = query_client(&database).await;
+    let ledger_count = |digest: &'static str| {
+        let db = &db;
+        async move {
+            db.query_one(
+                "SELECT count(*) FROM maskpipe_processed WHERE component_digest = $1 OR $1 = ''",
+                &[&digest],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(0)
+        }
+    };
+    let v2_static: &'static str = Box::leak(v2_digest.clone().into_boxed_str());
+
+    wait_for("rows from v1", Duration::from_secs(60), async || {
+        ledger_count("").await >= 100
+    })
+    .await;
+    deploy(&v2, &v2_vectors, &live);
+    wait_for("rows from v2", Duration::from_secs(60), async || {
+        ledger_count(v2_static).await >= 100
+    })
+    .await;
+
+    // v1's bytes beside v2's vectors: a component that fails its vectors.
+    std::fs::copy(&v1, live.with_extension("wasm.tmp")).unwrap();
+    std::fs::rename(live.with_extension("wasm.tmp"), &live).unwrap();
+    let refused = logged("refused the new transform");
+    wait_for(
+        "the broken component to be refused",
+        Duration::from_secs(60),
+        async || refused(),
+    )
+    .await;
+    let after_refusal = ledger_count(v2_static).await;
+    wait_for("v2 to keep running", Duration::from_secs(60), async || {
+        ledger_count(v2_static).await >= after_refusal + 100
+    })
+    .await;
+
+    producing.store(false, Ordering::Relaxed);
+    producer.await.unwrap();
+    let total = sent.load(Ordering::Relaxed) as i64;
+    wait_for("the queue to drain", Duration::from_secs(120), async || {
+        ledger_count("").await >= total
+    })
+    .await;
+
+    // SIGTERM: in-flight work finishes, exit 0.
+    let pid = host.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(30), host.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "host exited with {status}");
+
+    // Nothing lost, nothing twice.
+    assert_eq!(count(&db, "SELECT count(*) FROM user_logins").await, total);
+    assert_eq!(
+        count(&db, "SELECT count(DISTINCT user_id) FROM user_logins").await,
+        total
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM maskpipe_processed").await,
+        total
+    );
+
+    // Every message before the swap ran on v1, every one after on v2.
+    let digests: Vec<String> = db
+        .query(
+            "SELECT component_digest FROM maskpipe_processed ORDER BY processed_at, message_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let first_v2 = digests
+        .iter()
+        .position(|d| *d == v2_digest)
+        .expect("v2 ran");
+    assert!(first_v2 > 0, "v1 ran first");
+    assert!(digests[..first_v2].iter().all(|d| *d == v1_digest));
+    assert!(
+        digests[first_v2..].iter().all(|d| *d == v2_digest),
+        "a message ran on v1 after the swap"
+    );
+
+    // The rows show each version's policy.
+    let v1_rows = count(
+        &db,
+        "SELECT count(*) FROM user_logins WHERE masked_ip LIKE 'mp1.%'",
+    )
+    .await;
+    let v2_rows = count(&db, "SELECT count(*) FROM user_logins WHERE masked_ip LIKE '%/24' AND masked_device_id LIKE 'ps1.%'").await;
+    assert_eq!(
+        (v1_rows, v2_rows),
+        (first_v2 as i64, total - first_v2 as i64)
+    );
+
+    let log = log.lock().unwrap();
+    let swap_line = log
+        .iter()
+        .find(|l| l.contains("swapped transform"))
+        .expect("swap logged");
+    assert!(
+        swap_line.contains(&v1_digest[..12]) && swap_line.contains(&v2_digest[..12]),
+        "{swap_line}"
+    );
+    println!("{swap_line}");
+    std::fs::remove_dir_all(&deploy_dir).ok();
+}

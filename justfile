@@ -46,6 +46,10 @@ build-transform: toolchain
         cp "$(dirname "$manifest")/vectors.jsonl" "target/{{wasm_target}}/release/$file.vectors.jsonl"
     done
 
+# Build the hostile test components (sandbox tests).
+build-fixtures: toolchain
+    cargo build --release --target {{wasm_target}} -p fixture-hostile -p fixture-fs-reader
+
 # Scaffold a new transform crate under transform-wasm/NAME that builds and passes its own vectors.
 new-transform name:
     scripts/new-transform.sh "{{name}}"
@@ -73,7 +77,7 @@ psql *args:
     psql -X -h 127.0.0.1 -p "${MASKPIPE_PG_PORT:-25432}" -U postgres -d maskpipe "$@"
 
 # Every test: unit, component (built .wasm in wasmtime) and integration (real PostgreSQL + SQS).
-test *args: up build-transform
+test *args: up build-transform build-fixtures
     cargo test --release --workspace "$@"
 
 # Formatting and lints, as CI checks them.

@@ -98,12 +98,31 @@ pub enum QueueCommand {
     },
 }
 
+/// Libraries that could log raw requests or rows (message bodies, PII) at
+/// debug or trace: capped whatever the configured filter says.
+const CAPPED_TARGETS: &[&str] = &[
+    "aws_config=warn",
+    "aws_smithy_runtime=warn",
+    "aws_smithy_http_client=info",
+    "aws_smithy_runtime_api=info",
+    "aws_sdk_sqs=info",
+    "hyper=info",
+    "hyper_util=info",
+    "h2=info",
+    "rustls=info",
+    "tokio_postgres=info",
+    "postgres_protocol=info",
+    "wasmtime=info",
+    "cranelift_codegen=info",
+    "notify=info",
+];
+
 pub fn init_logging(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-        // The AWS SDK is chatty at info about credential providers.
-        .add_directive("aws_config=warn".parse().expect("static directive"))
-        .add_directive("aws_smithy_runtime=warn".parse().expect("static directive"));
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for directive in CAPPED_TARGETS {
+        filter = filter.add_directive(directive.parse().expect("static directive"));
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

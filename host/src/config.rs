@@ -106,6 +106,12 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub transform_memory_mib: u32,
 
+    /// Visibility timeout, in seconds, that in-flight batches are kept under
+    /// (extended every half timeout while a batch runs); default: the queue's.
+    #[arg(long, env = "MASKPIPE_VISIBILITY_TIMEOUT_SECONDS",
+          value_parser = clap::value_parser!(u32).range(1..=43_200))]
+    pub visibility_timeout_seconds: Option<u32>,
+
     /// Exit when the queue is empty and print a summary, instead of polling forever.
     #[arg(long, env = "MASKPIPE_DRAIN")]
     pub drain: bool,
@@ -138,6 +144,9 @@ impl RunArgs {
             drain: self.drain,
             progress_every: (self.progress_seconds > 0)
                 .then(|| Duration::from_secs(self.progress_seconds)),
+            visibility_timeout: self
+                .visibility_timeout_seconds
+                .map(|s| Duration::from_secs(s.into())),
         })
     }
 }

@@ -34,6 +34,9 @@ pub struct Settings {
     pub drain: bool,
     /// How often to log progress; `None` logs none.
     pub progress_every: Option<Duration>,
+    /// The visibility timeout to keep in-flight batches under; `None` reads
+    /// the queue's own at startup.
+    pub visibility_timeout: Option<Duration>,
 }
 
 /// In drain mode an empty receive ends a poller, so wait briefly.
@@ -100,6 +103,8 @@ impl Stats {
 
 pub struct Pipeline {
     source: SqsSource,
+    /// A batch still in progress after half of this is kept invisible.
+    visibility_timeout: Duration,
     /// The published component; pollers switch to a new one between batches.
     transform: watch::Receiver<Arc<Transform>>,
     keyring: Arc<Keyring>,
@@ -116,6 +121,7 @@ impl Pipeline {
     ) -> Self {
         Self {
             source,
+            visibility_timeout: Duration::from_secs(30),
             transform,
             keyring,
             settings,
@@ -131,7 +137,11 @@ impl Pipeline {
     ///
     /// Fails only at startup: database unreachable or schema not creatable,
     /// component not instantiable.
-    pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<Summary> {
+    pub async fn run(mut self, shutdown: watch::Receiver<bool>) -> Result<Summary> {
+        self.visibility_timeout = match self.settings.visibility_timeout {
+            Some(timeout) => timeout,
+            None => Duration::from_secs(self.source.visibility_timeout().await?.max(1) as u64),
+        };
         let mut first_sink = PgSink::connect(&self.settings.database_url).await?;
         first_sink.ensure_schema().await?;
         let mut first_sink = Some(first_sink);
@@ -236,6 +246,21 @@ impl Poller {
     /// Transform, commit, delete. On any transient failure the batch is left
     /// undeleted: SQS redelivers it and the ledger makes the retry exact.
     async fn process(&mut self, messages: Vec<Received>) {
+        let receipts: Vec<String> = messages.iter().map(|m| m.receipt_handle.clone()).collect();
+        let heartbeat = keep_invisible(
+            self.shared.source.clone(),
+            receipts,
+            self.shared.visibility_timeout,
+            self.index,
+        );
+        tokio::select! {
+            () = self.transform_write_delete(messages) => {}
+            // Never completes: it only runs for as long as the batch does.
+            () = heartbeat => {}
+        }
+    }
+
+    async fn transform_write_delete(&mut self, messages: Vec<Received>) {
         let Some((messages, outcomes, digest)) = self.transform(messages).await else {
             return;
         };
@@ -368,6 +393,35 @@ impl Poller {
                         .fetch_add(messages.len() as u64, Ordering::Relaxed);
                 }
             }
+        }
+    }
+}
+
+/// While a batch is in progress, pushes its visibility timeout out every half
+/// timeout, so SQS does not hand it to another consumer mid-way.
+async fn keep_invisible(
+    source: SqsSource,
+    receipts: Vec<String>,
+    timeout: Duration,
+    poller: usize,
+) {
+    let seconds = timeout.as_secs().clamp(1, 43_200) as i32;
+    let mut ticker = tokio::time::interval(timeout / 2);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        match source.extend_visibility(&receipts, seconds).await {
+            Ok(0) => tracing::debug!(
+                poller,
+                batch = receipts.len(),
+                "extended visibility by {seconds} s"
+            ),
+            Ok(failed) => tracing::warn!(
+                poller,
+                failed,
+                "SQS refused to extend visibility of some messages"
+            ),
+            Err(error) => tracing::warn!(poller, "cannot extend visibility: {error:#}"),
         }
     }
 }

@@ -12,8 +12,8 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::timeout::TimeoutConfig;
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
-    SendMessageBatchRequestEntry,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 
 /// SQS caps a batch at ten messages, for receive, send and delete alike.
@@ -185,6 +185,61 @@ impl SqsSource {
             }
         }
         Ok(failed)
+    }
+
+    /// Keeps messages invisible for `seconds` more, so a slow batch is not
+    /// redelivered to another consumer while it is still being processed.
+    /// Returns how many SQS refused.
+    pub async fn extend_visibility(
+        &self,
+        receipt_handles: &[String],
+        seconds: i32,
+    ) -> Result<usize> {
+        let mut failed = 0;
+        for chunk in receipt_handles.chunks(MAX_BATCH) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(index, handle)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(index.to_string())
+                        .receipt_handle(handle)
+                        .visibility_timeout(seconds)
+                        .build()
+                        .context("building a ChangeMessageVisibilityBatch entry")
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let output = self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
+                .context("SQS ChangeMessageVisibilityBatch failed")?;
+            failed += output.failed.len();
+        }
+        Ok(failed)
+    }
+
+    /// The queue's visibility timeout, in seconds.
+    pub async fn visibility_timeout(&self) -> Result<i32> {
+        let output = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::VisibilityTimeout)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
+            .context("SQS GetQueueAttributes failed")?;
+        output
+            .attributes
+            .unwrap_or_default()
+            .get(&QueueAttributeName::VisibilityTimeout)
+            .and_then(|v| v.parse().ok())
+            .context("SQS did not report the queue's VisibilityTimeout")
     }
 
     /// Approximate visible and in-flight message counts.

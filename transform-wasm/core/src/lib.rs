@@ -245,6 +245,38 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
+/// Defines `fn to_wit_outcome(Result<Row, Rejection>) -> Outcome`, the
+/// conversion to the WIT types that `wit_bindgen::generate!` made in the
+/// calling crate. [`export_transformer!`] uses it; so can a hand-written
+/// `Guest` impl.
+#[macro_export]
+macro_rules! wit_outcome {
+    () => {
+        fn to_wit_outcome(result: Result<$crate::Row, $crate::Rejection>) -> Outcome {
+            use maskpipe::transform::types::{Date, LoginRow, Rejection};
+            match result {
+                Ok(row) => Outcome::Row(LoginRow {
+                    user_id: Some(row.user_id),
+                    device_type: Some(row.device_type),
+                    masked_ip: Some(row.masked_ip),
+                    masked_device_id: Some(row.masked_device_id),
+                    locale: row.locale,
+                    app_version: Some(row.app_version),
+                    create_date: Some(Date {
+                        year: row.create_date.year,
+                        month: row.create_date.month,
+                        day: row.create_date.day,
+                    }),
+                }),
+                Err(rejection) => Outcome::Rejected(Rejection {
+                    code: rejection.code.to_owned(),
+                    detail: rejection.detail,
+                }),
+            }
+        }
+    };
+}
+
 /// Exports [`transform`] with a [`Protect`] policy as the component's
 /// `transform-batch`. Call it after `wit_bindgen::generate!` for the
 /// `maskpipe:transform/transformer` world, in the component crate:
@@ -256,38 +288,17 @@ fn json_kind(value: &Value) -> &'static str {
 #[macro_export]
 macro_rules! export_transformer {
     ($component:ident, $policy:expr) => {
+        $crate::wit_outcome!();
+
         struct $component;
 
         impl Guest for $component {
             fn transform_batch(messages: Vec<Message>) -> Vec<Outcome> {
-                use maskpipe::transform::types::{Date, LoginRow, Rejection};
                 let mut policy = $policy;
                 messages
                     .iter()
-                    .map(|message| {
-                        match $crate::transform(
-                            &message.body,
-                            message.sent_timestamp_ms,
-                            &mut policy,
-                        ) {
-                            Ok(row) => Outcome::Row(LoginRow {
-                                user_id: Some(row.user_id),
-                                device_type: Some(row.device_type),
-                                masked_ip: Some(row.masked_ip),
-                                masked_device_id: Some(row.masked_device_id),
-                                locale: row.locale,
-                                app_version: Some(row.app_version),
-                                create_date: Some(Date {
-                                    year: row.create_date.year,
-                                    month: row.create_date.month,
-                                    day: row.create_date.day,
-                                }),
-                            }),
-                            Err(rejection) => Outcome::Rejected(Rejection {
-                                code: rejection.code.to_owned(),
-                                detail: rejection.detail,
-                            }),
-                        }
+                    .map(|m| {
+                        to_wit_outcome($crate::transform(&m.body, m.sent_timestamp_ms, &mut policy))
                     })
                     .collect()
             }

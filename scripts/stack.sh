@@ -11,11 +11,13 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-data="$root/.data"
+# MASKPIPE_STACK_DIR and the ports let fault tests run private instances they
+# can stop; the LocalStack install is shared.
+data="${MASKPIPE_STACK_DIR:-$root/.data}"
 pg_dir="$data/pg"
 pg_port="${MASKPIPE_PG_PORT:-25432}"
 ls_port="${MASKPIPE_SQS_PORT:-4566}"
-venv="$data/localstack-venv"
+venv="$root/.data/localstack-venv"
 
 log() { printf '\033[1;34m[stack]\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31m[stack] error:\033[0m %s\n' "$*" >&2; exit 1; }
@@ -106,6 +108,7 @@ find_python313() {
 }
 
 ensure_localstack_installed() {
+    mkdir -p "$root/.data"
     if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import localstack.runtime.main' 2>/dev/null; then
         return
     fi
@@ -118,10 +121,10 @@ ensure_localstack_installed() {
     else
         # No Python >= 3.13 here: let uv (from PyPI) fetch a managed one.
         log "no Python >= 3.13 found; installing uv to provide one"
-        python3 -m venv "$data/uv"
-        "$data/uv/bin/pip" install -q --disable-pip-version-check uv
-        "$data/uv/bin/uv" venv -q --python 3.13 "$venv" || die "LocalStack needs Python >= 3.13 and uv could not provide one"
-        "$data/uv/bin/uv" pip install -q --python "$venv/bin/python" -r "$root/scripts/localstack-requirements.txt"
+        python3 -m venv "$root/.data/uv"
+        "$root/.data/uv/bin/pip" install -q --disable-pip-version-check uv
+        "$root/.data/uv/bin/uv" venv -q --python 3.13 "$venv" || die "LocalStack needs Python >= 3.13 and uv could not provide one"
+        "$root/.data/uv/bin/uv" pip install -q --python "$venv/bin/python" -r "$root/scripts/localstack-requirements.txt"
     fi
 }
 

@@ -48,7 +48,20 @@ pub struct SqsSource {
 impl SqsSource {
     /// Builds a client from the standard AWS configuration chain.
     pub async fn client() -> Client {
-        let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Self::client_with(aws_config::defaults(aws_config::BehaviorVersion::latest())).await
+    }
+
+    /// A client for an explicit endpoint (a private test server), otherwise
+    /// configured by the standard chain.
+    pub async fn client_at(endpoint: &str) -> Client {
+        Self::client_with(
+            aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(endpoint),
+        )
+        .await
+    }
+
+    async fn client_with(loader: aws_config::ConfigLoader) -> Client {
+        let shared = loader.load().await;
         let config = aws_sdk_sqs::config::Builder::from(&shared)
             .timeout_config(
                 TimeoutConfig::builder()
@@ -89,7 +102,11 @@ impl SqsSource {
     /// Creates `name` if missing (CreateQueue is idempotent); says whether it
     /// already existed.
     pub async fn create(name: &str) -> Result<(Self, bool)> {
-        let client = Self::client().await;
+        Self::create_with(Self::client().await, name).await
+    }
+
+    /// [`SqsSource::create`] with a given client.
+    pub async fn create_with(client: Client, name: &str) -> Result<(Self, bool)> {
         let existed = client.get_queue_url().queue_name(name).send().await.is_ok();
         let queue_url = client
             .create_queue()

@@ -153,3 +153,94 @@ pub async fn run_with_limit(mut command: tokio::process::Command, limit: Duratio
 pub async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.unwrap().get(0)
 }
+
+/// Polls `done` every 100 ms until it holds; panics after `limit`.
+pub async fn wait_for(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done().await {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A count that tolerates a database that is down (0 then).
+pub async fn try_count(url: &str, sql: &str) -> i64 {
+    match tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+        Ok((client, connection)) => {
+            tokio::spawn(connection);
+            client
+                .query_one(sql, &[])
+                .await
+                .map(|r| r.get(0))
+                .unwrap_or(0)
+        }
+        Err(_) => 0,
+    }
+}
+
+/// `maskpipe run` (not draining) as a child process.
+pub fn spawn_host(queue_url: &str, database_url: &str, extra: &[&str]) -> tokio::process::Child {
+    maskpipe()
+        .args(["run", "--wait-seconds", "1", "--progress-seconds", "0"])
+        .args(["--queue", queue_url, "--database-url", database_url])
+        .arg("--transform")
+        .arg(component_path())
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("maskpipe could not be started")
+}
+
+/// `count` valid logins with unique user ids, and `malformed` bad messages.
+pub fn unique_logins(tag: &str, count: usize, malformed: usize) -> Vec<String> {
+    let template = sample_bodies()[0].clone();
+    let mut bodies: Vec<String> = (0..count)
+        .map(|n| {
+            template.replace(
+                "424cdd21-063a-43a7-b91b-7ca1a833afae",
+                &format!("{tag}-{n:06}"),
+            )
+        })
+        .collect();
+    for n in 0..malformed {
+        // Spread the malformed ones through the stream.
+        let at = (n * 97 + 13) % (bodies.len() + 1);
+        bodies.insert(at, format!("{{\"foo\": \"{tag}-bad-{n}\"}}"));
+    }
+    bodies
+}
+
+/// Asserts that exactly the valid logins became rows, once each, and every
+/// malformed message a dead letter, once.
+pub async fn assert_exactly_once(database_url: &str, valid: i64, malformed: i64) {
+    let db = query_client(database_url).await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM user_logins").await,
+        valid,
+        "rows"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(DISTINCT user_id) FROM user_logins").await,
+        valid,
+        "distinct rows"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM maskpipe_dead_letters").await,
+        malformed,
+        "dead letters"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(DISTINCT message_id) FROM maskpipe_dead_letters"
+        )
+        .await,
+        malformed
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM maskpipe_processed").await,
+        valid + malformed,
+        "ledger"
+    );
+}

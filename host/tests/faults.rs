@@ -1,0 +1,438 @@
+//! Faults with real processes and real kills: the host is killed -9 at
+//! random moments, PostgreSQL is stopped and started, the SQS server is
+//! paused and restarted, and SIGTERM asks for a clean stop. Every run ends
+//! with each valid message in `user_logins` exactly once and each malformed
+//! one in the dead letters.
+//!
+//! Tests that stop a server run their own private instance (same scripts as
+//! `just up`, another port and directory), so they never disturb the shared
+//! stack that other tests use in parallel.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+use maskpipe::source::SqsSource;
+use rand::{Rng, SeedableRng};
+
+/// A private PostgreSQL or LocalStack, stopped and removed on drop.
+struct PrivateStack {
+    dir: PathBuf,
+    pg_port: u16,
+    sqs_port: u16,
+}
+
+impl PrivateStack {
+    fn new(slot: u16) -> Self {
+        let dir = std::env::temp_dir().join(unique_name("maskpipe-fault"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Below the ephemeral range, away from the shared stack's ports.
+        let base = 26_000 + (std::process::id() % 800) as u16 * 8 + slot * 2;
+        Self {
+            dir,
+            pg_port: base,
+            sqs_port: base + 1,
+        }
+    }
+
+    fn stack(&self, action: &str) {
+        let status = std::process::Command::new("bash")
+            .arg(repo_root().join("scripts/stack.sh"))
+            .arg(action)
+            .env("MASKPIPE_STACK_DIR", &self.dir)
+            .env("MASKPIPE_PG_PORT", self.pg_port.to_string())
+            .env("MASKPIPE_SQS_PORT", self.sqs_port.to_string())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "stack.sh {action} failed");
+    }
+
+    fn database_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/maskpipe", self.pg_port)
+    }
+
+    fn sqs_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.sqs_port)
+    }
+
+    fn localstack_pid(&self) -> String {
+        std::fs::read_to_string(self.dir.join("localstack/pid"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for PrivateStack {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(repo_root().join("scripts/stack.sh"))
+            .arg("down")
+            .env("MASKPIPE_STACK_DIR", &self.dir)
+            .env("MASKPIPE_PG_PORT", self.pg_port.to_string())
+            .env("MASKPIPE_SQS_PORT", self.sqs_port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn signal(child: &tokio::process::Child, name: &str) {
+    let pid = child.id().expect("running").to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+async fn set_visibility_timeout(queue: &SqsSource, endpoint: Option<&str>, seconds: u32) {
+    let client = match endpoint {
+        Some(endpoint) => SqsSource::client_at(endpoint).await,
+        None => SqsSource::client().await,
+    };
+    client
+        .set_queue_attributes()
+        .queue_url(queue.queue_url())
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            seconds.to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Drains whatever is left (after in-flight messages become visible again).
+async fn finish(queue: &SqsSource, database: &str, endpoint: Option<&str>) {
+    let started = Instant::now();
+    loop {
+        let mut command = maskpipe();
+        command
+            .args([
+                "run",
+                "--drain",
+                "--wait-seconds",
+                "1",
+                "--progress-seconds",
+                "0",
+            ])
+            .args(["--queue", queue.queue_url(), "--database-url", database])
+            .arg("--transform")
+            .arg(component_path());
+        if let Some(endpoint) = endpoint {
+            command.env("AWS_ENDPOINT_URL", endpoint);
+        }
+        let output = run_with_limit(command, Duration::from_secs(120)).await;
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let depth = queue.depth().await.unwrap();
+        if depth.visible + depth.in_flight == 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "queue never emptied: {depth:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_at_random_moments_then_restart_loses_and_doubles_nothing() {
+    let database = fresh_database().await;
+    let queue = fresh_queue().await;
+    // A short visibility timeout, so what a killed host held comes back soon.
+    set_visibility_timeout(&queue, None, 2).await;
+    let bodies = unique_logins("kill9", 5_000, 50);
+    queue.send(&bodies).await.unwrap();
+
+    // Each round kills the host at a random moment after it has started
+    // writing, so kills land mid-batch, mid-commit and mid-delete.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x6b696c6c);
+    let mut killed_mid_stream = 0;
+    for round in 0..5 {
+        let before = try_count(&database, "SELECT count(*) FROM maskpipe_processed").await;
+        let mut host = spawn_host(queue.queue_url(), &database, &["--pollers", "4"]);
+        wait_for("the host to write", Duration::from_secs(60), async || {
+            try_count(&database, "SELECT count(*) FROM maskpipe_processed").await > before
+        })
+        .await;
+        let moment = Duration::from_millis(rng.random_range(0..400));
+        tokio::time::sleep(moment).await;
+        host.start_kill().unwrap(); // SIGKILL
+        host.wait().await.unwrap();
+        let written = try_count(&database, "SELECT count(*) FROM maskpipe_processed").await;
+        println!(
+            "round {round}: killed {moment:?} after its first commit, {written} of 5050 processed"
+        );
+        killed_mid_stream += usize::from(written < 5_050);
+    }
+    assert!(
+        killed_mid_stream >= 3,
+        "the kills came too late to test anything"
+    );
+    finish(&queue, &database, None).await;
+    assert_exactly_once(&database, 5_000, 50).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_stopped_mid_run_is_waited_out() {
+    let private = PrivateStack::new(0);
+    private.stack("postgres-up");
+    let database = private.database_url();
+    let queue = fresh_queue().await;
+    let bodies = unique_logins("pgdown", 4_000, 40);
+    queue.send(&bodies).await.unwrap();
+
+    let mut host = spawn_host(queue.queue_url(), &database, &["--pollers", "4", "--drain"]);
+    wait_for("the first rows", Duration::from_secs(60), async || {
+        try_count(&database, "SELECT count(*) FROM maskpipe_processed").await >= 200
+    })
+    .await;
+    private.stack("postgres-down");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        host.try_wait().unwrap().is_none(),
+        "the host exited while the database was down"
+    );
+    private.stack("postgres-up");
+    let at_restart = try_count(&database, "SELECT count(*) FROM maskpipe_processed").await;
+    assert!(
+        at_restart < 4_040,
+        "the database stopped after the work was done"
+    );
+
+    let status = tokio::time::timeout(Duration::from_secs(120), host.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    finish(&queue, &database, None).await;
+    assert_exactly_once(&database, 4_000, 40).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqs_paused_mid_run_is_waited_out() {
+    let private = PrivateStack::new(1);
+    private.stack("sqs-up");
+    let endpoint = private.sqs_endpoint();
+    let database = fresh_database().await;
+    let (queue, _) = SqsSource::create_with(SqsSource::client_at(&endpoint).await, "paused")
+        .await
+        .unwrap();
+    let bodies = unique_logins("sqspause", 4_000, 40);
+    queue.send(&bodies).await.unwrap();
+
+    let mut command = maskpipe();
+    command
+        .args([
+            "run",
+            "--wait-seconds",
+            "1",
+            "--progress-seconds",
+            "0",
+            "--pollers",
+            "4",
+        ])
+        .args(["--queue", queue.queue_url(), "--database-url", &database])
+        .arg("--transform")
+        .arg(component_path())
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut host = command.spawn().unwrap();
+    wait_for("the first rows", Duration::from_secs(60), async || {
+        try_count(&database, "SELECT count(*) FROM maskpipe_processed").await >= 200
+    })
+    .await;
+    // Freeze the server: requests hang, then time out, as in a network fault.
+    let pid = private.localstack_pid();
+    std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    let at_pause = try_count(&database, "SELECT count(*) FROM maskpipe_processed").await;
+    assert!(at_pause < 4_040, "SQS paused after the work was done");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap();
+    assert!(
+        host.try_wait().unwrap().is_none(),
+        "the host exited while SQS was paused"
+    );
+
+    wait_for("every message", Duration::from_secs(120), async || {
+        try_count(&database, "SELECT count(*) FROM maskpipe_processed").await >= 4_040
+    })
+    .await;
+    signal(&host, "-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(60), host.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    finish(&queue, &database, Some(&endpoint)).await;
+    assert_exactly_once(&database, 4_000, 40).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqs_restarted_mid_run_is_reconnected() {
+    let private = PrivateStack::new(2);
+    private.stack("sqs-up");
+    let endpoint = private.sqs_endpoint();
+    let database = fresh_database().await;
+    let (queue, _) = SqsSource::create_with(SqsSource::client_at(&endpoint).await, "restarted")
+        .await
+        .unwrap();
+    queue.send(&unique_logins("before", 300, 3)).await.unwrap();
+
+    let mut command = maskpipe();
+    command
+        .args([
+            "run",
+            "--wait-seconds",
+            "1",
+            "--progress-seconds",
+            "0",
+            "--pollers",
+            "2",
+        ])
+        .args(["--queue", queue.queue_url(), "--database-url", &database])
+        .arg("--transform")
+        .arg(component_path())
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut host = command.spawn().unwrap();
+    wait_for("the first messages", Duration::from_secs(60), async || {
+        try_count(&database, "SELECT count(*) FROM maskpipe_processed").await >= 303
+    })
+    .await;
+
+    // LocalStack's community edition keeps no state across a restart: the
+    // queue comes back empty and is created again under the same URL.
+    private.stack("sqs-down");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    private.stack("sqs-up");
+    let (queue, existed) =
+        SqsSource::create_with(SqsSource::client_at(&endpoint).await, "restarted")
+            .await
+            .unwrap();
+    assert!(!existed);
+    queue.send(&unique_logins("after", 300, 3)).await.unwrap();
+    assert!(
+        host.try_wait().unwrap().is_none(),
+        "the host exited while SQS was down"
+    );
+
+    wait_for(
+        "the messages sent after the restart",
+        Duration::from_secs(120),
+        async || try_count(&database, "SELECT count(*) FROM maskpipe_processed").await >= 606,
+    )
+    .await;
+    signal(&host, "-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(60), host.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    assert_exactly_once(&database, 600, 6).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_in_flight_batches_and_exits_0_promptly() {
+    let database = fresh_database().await;
+    let queue = fresh_queue().await;
+    queue.send(&unique_logins("term", 2_000, 20)).await.unwrap();
+
+    let mut host = spawn_host(queue.queue_url(), &database, &["--pollers", "4"]);
+    wait_for("the first rows", Duration::from_secs(60), async || {
+        try_count(&database, "SELECT count(*) FROM maskpipe_processed").await >= 200
+    })
+    .await;
+    let asked = Instant::now();
+    signal(&host, "-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(30), host.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let took = asked.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(10), "took {took:?} to stop");
+    println!("stopped {took:?} after SIGTERM");
+
+    // Whatever it had not finished is still in the queue; a later run
+    // completes the work exactly once.
+    finish(&queue, &database, None).await;
+    assert_exactly_once(&database, 2_000, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_slower_than_the_visibility_timeout_is_kept_invisible() {
+    let database = fresh_database().await;
+    let queue = fresh_queue().await;
+    set_visibility_timeout(&queue, None, 2).await;
+    // Create the tables, then hold a lock that blocks inserts into user_logins:
+    // the first batch's transaction waits on it for 6 s, three timeouts.
+    let mut sink = maskpipe::sink::PgSink::connect(&database).await.unwrap();
+    sink.ensure_schema().await.unwrap();
+    let mut blocker = query_client(&database).await;
+    let lock = blocker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE user_logins IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    queue.send(&unique_logins("slow", 10, 0)).await.unwrap();
+
+    let mut command = maskpipe();
+    command
+        .args([
+            "run",
+            "--drain",
+            "--wait-seconds",
+            "1",
+            "--progress-seconds",
+            "0",
+            "--pollers",
+            "3",
+        ])
+        .args(["--queue", queue.queue_url(), "--database-url", &database])
+        .arg("--transform")
+        .arg(component_path());
+    let host = tokio::spawn(run_with_limit(command, Duration::from_secs(60)));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Without the extension, SQS would have handed the batch to the other
+    // pollers by now; they would still be waiting on the lock, or would have
+    // found the ledger's row claimed.
+    let depth = queue.depth().await.unwrap();
+    assert_eq!(
+        depth.visible, 0,
+        "the slow batch became visible again: {depth:?}"
+    );
+    lock.rollback().await.unwrap();
+
+    let output = host.await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("duplicates skipped  0"), "{stdout}");
+    assert_eq!(queue.depth().await.unwrap().in_flight, 0);
+    assert_exactly_once(&database, 10, 0).await;
+}

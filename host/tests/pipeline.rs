@@ -14,7 +14,8 @@ async fn sample_queue_drains_into_99_rows_and_one_dead_letter() {
     let bodies = sample_bodies();
     assert_eq!(queue.send(&bodies).await.unwrap(), 100);
 
-    let output = drain(&queue, &database, &["--log", "debug"]).await;
+    // The most verbose logging there is: still no plaintext PII.
+    let output = drain(&queue, &database, &["--log", "trace"]).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -82,7 +83,7 @@ async fn sample_queue_drains_into_99_rows_and_one_dead_letter() {
     }
     assert_eq!(null_locales, 29);
 
-    // No plaintext PII in the logs (run at debug level) or the dead letters.
+    // No plaintext PII in the logs (run at trace level) or the dead letters.
     let dead_text = format!(
         "{:?}",
         db.query("SELECT * FROM maskpipe_dead_letters", &[])
@@ -149,4 +150,86 @@ async fn reveal_prints_the_plaintext_for_the_key_holder() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("authentication failed"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_key_rotation_new_rows_carry_the_new_key_and_reveal_opens_both() {
+    let database = fresh_database().await;
+    let queue = fresh_queue().await;
+    let bodies = sample_bodies();
+    queue.send(&bodies[..50]).await.unwrap();
+    let output = drain(&queue, &database, &[]).await;
+    assert!(output.status.success());
+
+    // Rotate: a new current key k2, the old one retired but still known.
+    let new_key = "22".repeat(32);
+    let retired = format!("{KEY_ID}={KEY_HEX}");
+    queue.send(&bodies[50..]).await.unwrap();
+    let output = drain(
+        &queue,
+        &database,
+        &[
+            "--master-key",
+            &new_key,
+            "--key-id",
+            "k2",
+            "--retired-keys",
+            &retired,
+        ],
+    )
+    .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let db = query_client(&database).await;
+    let old_rows = count(
+        &db,
+        "SELECT count(*) FROM user_logins WHERE masked_ip LIKE 'mp1.it1.%'",
+    )
+    .await;
+    let new_rows = count(
+        &db,
+        "SELECT count(*) FROM user_logins WHERE masked_ip LIKE 'mp1.k2.%'",
+    )
+    .await;
+    assert_eq!(
+        (old_rows, new_rows),
+        (49, 50),
+        "the 13th sample message is malformed"
+    );
+
+    let masked: Vec<String> = db
+        .query("SELECT masked_ip FROM user_logins ORDER BY masked_ip", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let output = maskpipe()
+        .env("MASKPIPE_MASTER_KEY", &new_key)
+        .env("MASKPIPE_KEY_ID", "k2")
+        .env("MASKPIPE_RETIRED_KEYS", &retired)
+        .arg("reveal")
+        .args(&masked)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let revealed: std::collections::HashSet<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let sent: std::collections::HashSet<String> = bodies
+        .iter()
+        .filter_map(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+        .filter_map(|v| v["ip"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(revealed, sent);
 }

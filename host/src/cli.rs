@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::author;
 use crate::config::{KeyArgs, RunArgs};
 use crate::masking::MasterKey;
+use crate::ops;
 use crate::pipeline::{Pipeline, Summary};
 use crate::runtime::{self, short};
 use crate::sink::redact_url;
@@ -110,7 +111,8 @@ const CAPPED_TARGETS: &[&str] = &[
     "hyper_util=info",
     "h2=info",
     "rustls=info",
-    "tokio_postgres=info",
+    // Server notices ("relation already exists, skipping") are noise.
+    "tokio_postgres=warn",
     "postgres_protocol=info",
     "wasmtime=info",
     "cranelift_codegen=info",
@@ -159,6 +161,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
 async fn run(args: RunArgs) -> Result<ExitCode> {
     let started = Instant::now();
     // Validate everything local before touching the network.
+    let metrics_handle = ops::install_recorder()?;
     let keyring = args.keys.keyring()?;
     let settings = args.settings()?;
     let engine = runtime::engine()?;
@@ -181,7 +184,22 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
 
     let (stop, shutdown) = watch::channel(false);
     tokio::spawn(stop_on_signal(stop));
+    ops::set_running_transform(&transform, None);
     let (publish, published) = watch::channel(transform);
+    if let Some(addr) = args.metrics_addr {
+        let bound = ops::serve(
+            addr,
+            ops::OpsState {
+                metrics: metrics_handle,
+                source: source.clone(),
+                database_url: settings.database_url.clone(),
+                transform: published.clone(),
+            },
+        )
+        .await?;
+        tracing::info!("serving /metrics, /healthz and /readyz on http://{bound}");
+    }
+    tokio::spawn(ops::sample_queue_depth(source.clone()));
     let swaps = Arc::new(SwapStats::default());
     let reloader = Reloader::new(
         engine,

@@ -106,8 +106,8 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub transform_memory_mib: u32,
 
-    /// Visibility timeout, in seconds, that in-flight batches are kept under
-    /// (extended every half timeout while a batch runs); default: the queue's.
+    /// Visibility timeout, in seconds, of received messages (extended every
+    /// half timeout while their batch runs); default: the queue's own.
     #[arg(long, env = "MASKPIPE_VISIBILITY_TIMEOUT_SECONDS",
           value_parser = clap::value_parser!(u32).range(1..=43_200))]
     pub visibility_timeout_seconds: Option<u32>,
@@ -115,6 +115,11 @@ pub struct RunArgs {
     /// Exit when the queue is empty and print a summary, instead of polling forever.
     #[arg(long, env = "MASKPIPE_DRAIN")]
     pub drain: bool,
+
+    /// Address for `/metrics`, `/healthz` and `/readyz` (e.g. 0.0.0.0:9464);
+    /// unset: no HTTP endpoint.
+    #[arg(long, env = "MASKPIPE_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 
     /// Seconds between progress log lines; 0 turns them off.
     #[arg(long, env = "MASKPIPE_PROGRESS_SECONDS", default_value_t = 5)]

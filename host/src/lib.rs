@@ -15,6 +15,7 @@
 //! * [`sink`]: one transaction per batch: ledger, rows, dead letters.
 //! * [`pipeline`]: the pollers that drive a batch through all of the above.
 //! * [`swap`]: which component runs: validation, file watching, hot swap.
+//! * [`ops`]: Prometheus metrics, `/healthz` and `/readyz`.
 //! * [`config`] and [`cli`]: settings from the environment and flags; commands.
 //! * [`vectors`] and [`author`]: golden vectors and the transform author's kit.
 
@@ -22,6 +23,7 @@ pub mod author;
 pub mod cli;
 pub mod config;
 pub mod masking;
+pub mod ops;
 pub mod pipeline;
 pub mod record;
 pub mod runtime;

@@ -18,6 +18,7 @@ use anyhow::Result;
 use tokio::sync::watch;
 
 use crate::masking::Keyring;
+use crate::ops;
 use crate::record::Outcome;
 use crate::runtime::{Transform, Worker};
 use crate::sink::{PgSink, Processed, WriteReport};
@@ -69,6 +70,11 @@ pub struct Summary {
 
 impl Stats {
     fn record(&self, report: &WriteReport) {
+        metrics::counter!(ops::ROWS).increment(report.rows as u64);
+        metrics::counter!(ops::DUPLICATES).increment(report.duplicates as u64);
+        for reason in &report.dead_letter_reasons {
+            metrics::counter!(ops::DEAD_LETTERS, "reason" => reason.clone()).increment(1);
+        }
         self.rows.fetch_add(report.rows as u64, Ordering::Relaxed);
         self.dead_letters
             .fetch_add(report.dead_letter_reasons.len() as u64, Ordering::Relaxed);
@@ -201,13 +207,16 @@ impl Poller {
         } else {
             settings.wait_seconds
         };
+        let visibility = settings
+            .visibility_timeout
+            .map(|timeout| timeout.as_secs() as i32);
         let mut backoff = Backoff::default();
         loop {
             if *self.shutdown.borrow() {
                 break;
             }
             let received = tokio::select! {
-                received = shared.source.receive(settings.batch_size, wait) => received,
+                received = shared.source.receive(settings.batch_size, wait, visibility) => received,
                 // A receive cancelled here loses nothing: whatever SQS handed
                 // out comes back after the visibility timeout.
                 _ = self.shutdown.changed() => break,
@@ -238,6 +247,7 @@ impl Poller {
                 .stats
                 .received
                 .fetch_add(messages.len() as u64, Ordering::Relaxed);
+            metrics::counter!(ops::RECEIVED).increment(messages.len() as u64);
             self.process(messages).await;
         }
         tracing::debug!(poller = self.index, "poller stopped");
@@ -299,7 +309,9 @@ impl Poller {
         // The call is CPU-bound and bounded by the epoch deadline: keep it off
         // the async threads.
         let joined = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let outcomes = worker.run(&messages);
+            metrics::histogram!(ops::TRANSFORM_SECONDS).record(started.elapsed());
             (worker, messages, outcomes)
         })
         .await;
@@ -330,8 +342,12 @@ impl Poller {
         let mut backoff = Backoff::default();
         let mut attempts_left_after_shutdown = WRITE_ATTEMPTS_AFTER_SHUTDOWN;
         loop {
+            let started = Instant::now();
             match self.try_write(batch, digest).await {
-                Ok(report) => return Some(report),
+                Ok(report) => {
+                    metrics::histogram!(ops::COMMIT_SECONDS).record(started.elapsed());
+                    return Some(report);
+                }
                 Err(error) => {
                     // A failed connection is replaced; a failed statement on a
                     // live one is retried as is.
@@ -375,6 +391,7 @@ impl Poller {
                         .stats
                         .delete_failures
                         .fetch_add(failed as u64, Ordering::Relaxed);
+                    metrics::counter!(ops::DELETES_FAILED).increment(failed as u64);
                     return;
                 }
                 Err(error) if attempt < DELETE_ATTEMPTS => {
@@ -391,6 +408,7 @@ impl Poller {
                         .stats
                         .delete_failures
                         .fetch_add(messages.len() as u64, Ordering::Relaxed);
+                    metrics::counter!(ops::DELETES_FAILED).increment(messages.len() as u64);
                 }
             }
         }

@@ -124,7 +124,7 @@ impl Transform {
     }
 
     pub fn from_bytes(engine: &Engine, bytes: &[u8], limits: Limits) -> Result<Self> {
-        let digest = hex::encode(Sha256::digest(bytes));
+        let digest = digest(bytes);
         let component = Component::from_binary(engine, bytes)
             .map_err(anyhow::Error::from)
             .context("not a valid WebAssembly component")?;
@@ -398,6 +398,11 @@ fn describe_failure(error: &wasmtime::Error) -> String {
         Some(trap) => format!("the transform trapped: {trap}"),
         None => "the transform call failed (invalid values crossed the boundary)".to_owned(),
     }
+}
+
+/// SHA-256 of a component's bytes, hex: its identity everywhere.
+pub fn digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// The first 12 hex digits of a digest, for log lines.

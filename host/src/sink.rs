@@ -93,6 +93,12 @@ impl PgSink {
         self.client.is_closed()
     }
 
+    /// A round trip to the server (readiness checks).
+    pub async fn ping(&self) -> Result<()> {
+        self.client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
     /// Creates the tables that are missing; never alters an existing one.
     pub async fn ensure_schema(&mut self) -> Result<()> {
         let tx = self.client.transaction().await?;

@@ -124,14 +124,21 @@ impl SqsSource {
         &self.queue_url
     }
 
-    /// One (long) poll for up to `max` messages.
-    pub async fn receive(&self, max: usize, wait_seconds: i32) -> Result<Vec<Received>> {
+    /// One (long) poll for up to `max` messages, invisible to other
+    /// consumers for `visibility_seconds` (default: the queue's timeout).
+    pub async fn receive(
+        &self,
+        max: usize,
+        wait_seconds: i32,
+        visibility_seconds: Option<i32>,
+    ) -> Result<Vec<Received>> {
         let output = self
             .client
             .receive_message()
             .queue_url(&self.queue_url)
             .max_number_of_messages(max.clamp(1, MAX_BATCH) as i32)
             .wait_time_seconds(wait_seconds.clamp(0, MAX_WAIT_SECONDS))
+            .set_visibility_timeout(visibility_seconds)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .send()
             .await

@@ -230,12 +230,20 @@ impl Reloader {
 
     async fn reload(&self) {
         let started = Instant::now();
+        let old = Arc::clone(&self.current.borrow());
+        match std::fs::read(&self.path) {
+            Ok(bytes) if crate::runtime::digest(&bytes) == old.digest() => {
+                tracing::debug!("component unchanged (sha256:{})", short(old.digest()));
+                return;
+            }
+            // Unreadable (mid-rename?) or changed: let loading say which.
+            _ => {}
+        }
         let engine = self.engine.clone();
         let path = self.path.clone();
         let limits = self.limits;
         let candidate =
             tokio::task::spawn_blocking(move || load_validated(&engine, &path, limits)).await;
-        let old = Arc::clone(&self.current.borrow());
         match candidate {
             Ok(Ok((new, validation))) => {
                 if new.digest() == old.digest() {
@@ -251,11 +259,14 @@ impl Reloader {
                     short(new.digest()),
                     took.as_millis()
                 );
+                crate::ops::set_running_transform(&new, Some(&old));
                 self.current.send_replace(new);
                 self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::ops::SWAPS, "result" => "succeeded").increment(1);
             }
             Ok(Err(error)) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::ops::SWAPS, "result" => "failed").increment(1);
                 tracing::warn!(
                     running = %short(old.digest()),
                     "refused the new transform, keeping sha256:{}: {error:#}",
@@ -264,6 +275,7 @@ impl Reloader {
             }
             Err(error) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::ops::SWAPS, "result" => "failed").increment(1);
                 tracing::error!("the reload thread panicked: {error}");
             }
         }

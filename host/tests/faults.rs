@@ -10,78 +10,11 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
 use maskpipe::source::SqsSource;
 use rand::{Rng, SeedableRng};
-
-/// A private PostgreSQL or LocalStack, stopped and removed on drop.
-struct PrivateStack {
-    dir: PathBuf,
-    pg_port: u16,
-    sqs_port: u16,
-}
-
-impl PrivateStack {
-    fn new(slot: u16) -> Self {
-        let dir = std::env::temp_dir().join(unique_name("maskpipe-fault"));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        // Below the ephemeral range, away from the shared stack's ports.
-        let base = 26_000 + (std::process::id() % 800) as u16 * 8 + slot * 2;
-        Self {
-            dir,
-            pg_port: base,
-            sqs_port: base + 1,
-        }
-    }
-
-    fn stack(&self, action: &str) {
-        let status = std::process::Command::new("bash")
-            .arg(repo_root().join("scripts/stack.sh"))
-            .arg(action)
-            .env("MASKPIPE_STACK_DIR", &self.dir)
-            .env("MASKPIPE_PG_PORT", self.pg_port.to_string())
-            .env("MASKPIPE_SQS_PORT", self.sqs_port.to_string())
-            .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "stack.sh {action} failed");
-    }
-
-    fn database_url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/maskpipe", self.pg_port)
-    }
-
-    fn sqs_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.sqs_port)
-    }
-
-    fn localstack_pid(&self) -> String {
-        std::fs::read_to_string(self.dir.join("localstack/pid"))
-            .unwrap()
-            .trim()
-            .to_owned()
-    }
-}
-
-impl Drop for PrivateStack {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("bash")
-            .arg(repo_root().join("scripts/stack.sh"))
-            .arg("down")
-            .env("MASKPIPE_STACK_DIR", &self.dir)
-            .env("MASKPIPE_PG_PORT", self.pg_port.to_string())
-            .env("MASKPIPE_SQS_PORT", self.sqs_port.to_string())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn signal(child: &tokio::process::Child, name: &str) {
     let pid = child.id().expect("running").to_string();
@@ -109,44 +42,6 @@ async fn set_visibility_timeout(queue: &SqsSource, endpoint: Option<&str>, secon
         .send()
         .await
         .unwrap();
-}
-
-/// Drains whatever is left (after in-flight messages become visible again).
-async fn finish(queue: &SqsSource, database: &str, endpoint: Option<&str>) {
-    let started = Instant::now();
-    loop {
-        let mut command = maskpipe();
-        command
-            .args([
-                "run",
-                "--drain",
-                "--wait-seconds",
-                "1",
-                "--progress-seconds",
-                "0",
-            ])
-            .args(["--queue", queue.queue_url(), "--database-url", database])
-            .arg("--transform")
-            .arg(component_path());
-        if let Some(endpoint) = endpoint {
-            command.env("AWS_ENDPOINT_URL", endpoint);
-        }
-        let output = run_with_limit(command, Duration::from_secs(120)).await;
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let depth = queue.depth().await.unwrap();
-        if depth.visible + depth.in_flight == 0 {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "queue never emptied: {depth:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -183,7 +78,7 @@ async fn kill_9_at_random_moments_then_restart_loses_and_doubles_nothing() {
         killed_mid_stream >= 3,
         "the kills came too late to test anything"
     );
-    finish(&queue, &database, None).await;
+    drain_until_empty(&queue, &database, None).await;
     assert_exactly_once(&database, 5_000, 50).await;
 }
 
@@ -219,7 +114,7 @@ async fn postgres_stopped_mid_run_is_waited_out() {
         .unwrap()
         .unwrap();
     assert!(status.success());
-    finish(&queue, &database, None).await;
+    drain_until_empty(&queue, &database, None).await;
     assert_exactly_once(&database, 4_000, 40).await;
 }
 
@@ -285,7 +180,7 @@ async fn sqs_paused_mid_run_is_waited_out() {
         .unwrap()
         .unwrap();
     assert!(status.success());
-    finish(&queue, &database, Some(&endpoint)).await;
+    drain_until_empty(&queue, &database, Some(&endpoint)).await;
     assert_exactly_once(&database, 4_000, 40).await;
 }
 
@@ -378,7 +273,7 @@ async fn sigterm_finishes_in_flight_batches_and_exits_0_promptly() {
 
     // Whatever it had not finished is still in the queue; a later run
     // completes the work exactly once.
-    finish(&queue, &database, None).await;
+    drain_until_empty(&queue, &database, None).await;
     assert_exactly_once(&database, 2_000, 20).await;
 }
 

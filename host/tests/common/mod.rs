@@ -4,10 +4,11 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Output;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use maskpipe::masking::{Keyring, MasterKey};
 use maskpipe::source::SqsSource;
@@ -243,4 +244,107 @@ pub async fn assert_exactly_once(database_url: &str, valid: i64, malformed: i64)
         valid + malformed,
         "ledger"
     );
+}
+
+/// A private PostgreSQL or LocalStack, stopped and removed on drop.
+pub struct PrivateStack {
+    dir: PathBuf,
+    pg_port: u16,
+    sqs_port: u16,
+}
+
+impl PrivateStack {
+    pub fn new(slot: u16) -> Self {
+        let dir = std::env::temp_dir().join(unique_name("maskpipe-fault"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Below the ephemeral range, away from the shared stack's ports.
+        let base = 26_000 + (std::process::id() % 800) as u16 * 8 + slot * 2;
+        Self {
+            dir,
+            pg_port: base,
+            sqs_port: base + 1,
+        }
+    }
+
+    pub fn stack(&self, action: &str) {
+        let status = std::process::Command::new("bash")
+            .arg(repo_root().join("scripts/stack.sh"))
+            .arg(action)
+            .env("MASKPIPE_STACK_DIR", &self.dir)
+            .env("MASKPIPE_PG_PORT", self.pg_port.to_string())
+            .env("MASKPIPE_SQS_PORT", self.sqs_port.to_string())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "stack.sh {action} failed");
+    }
+
+    pub fn database_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/maskpipe", self.pg_port)
+    }
+
+    pub fn sqs_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.sqs_port)
+    }
+
+    pub fn localstack_pid(&self) -> String {
+        std::fs::read_to_string(self.dir.join("localstack/pid"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for PrivateStack {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(repo_root().join("scripts/stack.sh"))
+            .arg("down")
+            .env("MASKPIPE_STACK_DIR", &self.dir)
+            .env("MASKPIPE_PG_PORT", self.pg_port.to_string())
+            .env("MASKPIPE_SQS_PORT", self.sqs_port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Drains whatever is left (after in-flight messages become visible again).
+pub async fn drain_until_empty(queue: &SqsSource, database: &str, endpoint: Option<&str>) {
+    let started = Instant::now();
+    loop {
+        let mut command = maskpipe();
+        command
+            .args([
+                "run",
+                "--drain",
+                "--wait-seconds",
+                "1",
+                "--progress-seconds",
+                "0",
+            ])
+            .args(["--queue", queue.queue_url(), "--database-url", database])
+            .arg("--transform")
+            .arg(component_path());
+        if let Some(endpoint) = endpoint {
+            command.env("AWS_ENDPOINT_URL", endpoint);
+        }
+        let output = run_with_limit(command, Duration::from_secs(120)).await;
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let depth = queue.depth().await.unwrap();
+        if depth.visible + depth.in_flight == 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "queue never emptied: {depth:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

@@ -77,8 +77,12 @@ psql *args:
     psql -X -h 127.0.0.1 -p "${MASKPIPE_PG_PORT:-25432}" -U postgres -d maskpipe "$@"
 
 # Every test: unit, component (built .wasm in wasmtime) and integration (real PostgreSQL + SQS).
-test *args: up build-transform build-fixtures
+test *args: up build-transform build-fixtures validate-deploy
     cargo test --release --workspace "$@"
+
+# Validate deploy/ (Kubernetes, KEDA, ECS) and docker-compose.yml with schema checkers from PyPI.
+validate-deploy:
+    scripts/validate-deploy.sh
 
 # Formatting and lints, as CI checks them.
 lint: toolchain

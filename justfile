@@ -80,6 +80,14 @@ psql *args:
 test *args: up build-transform build-fixtures validate-deploy
     cargo test --release --workspace "$@"
 
+# The benchmark suite: transform (wasm vs native), sink, end to end vs a no-op consumer, sweeps. Writes target/bench/summary.json and report.md.
+bench *args: up build
+    ./target/release/maskpipe-bench "$@"
+
+# Print a deterministic generated data set (~1 % malformed): just generate 20000 [--seed 7] > data.jsonl
+generate count *args: build
+    ./target/release/maskpipe-bench --generate "{{count}}" "${@:2}"
+
 # Validate deploy/ (Kubernetes, KEDA, ECS) and docker-compose.yml with schema checkers from PyPI.
 validate-deploy:
     scripts/validate-deploy.sh

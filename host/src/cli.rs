@@ -293,6 +293,44 @@ fn print_summary(summary: &Summary, started: Instant, drained: bool, left: Optio
     if let Some(left) = left {
         let _ = writeln!(out, "  left in queue       {left}");
     }
+    if summary.active_seconds > 0.0 {
+        let _ = writeln!(
+            out,
+            "  throughput          {:.0} msgs/s ({} messages in {:.2} s, first receive to last delete)",
+            summary.received as f64 / summary.active_seconds,
+            summary.received,
+            summary.active_seconds
+        );
+    }
+    if let Some((cpu_seconds, peak_rss_mib)) = process_usage() {
+        let per_message = if summary.received > 0 {
+            format!(
+                " ({:.1} µs per message)",
+                cpu_seconds * 1e6 / summary.received as f64
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "  cpu time            {cpu_seconds:.3} s{per_message}");
+        let _ = writeln!(out, "  peak memory (RSS)   {peak_rss_mib:.1} MiB");
+    }
+}
+
+/// This process's CPU time (user + system, seconds) and peak RSS (MiB).
+fn process_usage() -> Option<(f64, f64)> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a complete rusage into the pointer it is given.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: initialised by the successful call above.
+    let usage = unsafe { usage.assume_init() };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    // Linux reports ru_maxrss in KiB.
+    Some((
+        seconds(usage.ru_utime) + seconds(usage.ru_stime),
+        usage.ru_maxrss as f64 / 1024.0,
+    ))
 }
 
 fn reveal(args: RevealArgs) -> Result<ExitCode> {

@@ -55,10 +55,13 @@ pub struct Stats {
     duplicates: AtomicU64,
     delete_failures: AtomicU64,
     dead_letters_by_reason: Mutex<BTreeMap<String, u64>>,
+    /// From the first message received to the last batch finished: the
+    /// window throughput is measured over (startup and idle polls excluded).
+    active: Mutex<Option<(Instant, Instant)>>,
 }
 
 /// What a run did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Summary {
     pub received: u64,
     pub rows: u64,
@@ -66,6 +69,8 @@ pub struct Summary {
     pub duplicates: u64,
     pub delete_failures: u64,
     pub dead_letters_by_reason: BTreeMap<String, u64>,
+    /// Seconds from the first message received to the last batch finished.
+    pub active_seconds: f64,
 }
 
 impl Stats {
@@ -103,7 +108,24 @@ impl Stats {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clone(),
+            active_seconds: self
+                .active
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .map_or(0.0, |(first, last)| (last - first).as_secs_f64()),
         }
+    }
+
+    fn mark_active(&self, first: Instant) {
+        let now = Instant::now();
+        let mut active = self
+            .active
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *active = Some(match *active {
+            Some((earliest, _)) => (earliest.min(first), now),
+            None => (first, now),
+        });
     }
 }
 
@@ -248,7 +270,9 @@ impl Poller {
                 .received
                 .fetch_add(messages.len() as u64, Ordering::Relaxed);
             metrics::counter!(ops::RECEIVED).increment(messages.len() as u64);
+            let received_at = Instant::now();
             self.process(messages).await;
+            self.shared.stats.mark_active(received_at);
         }
         tracing::debug!(poller = self.index, "poller stopped");
     }

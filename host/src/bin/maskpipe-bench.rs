@@ -1,0 +1,671 @@
+//! `just bench`: maskpipe's benchmark suite, against the local stack.
+//!
+//! Every figure is measured several times, interleaved with its baseline in
+//! the same run (the machines are noisy), and reported as min / median /
+//! max. Results go to `target/bench/summary.json` (medians, machine-readable)
+//! and `target/bench/report.md` (the tables BENCHMARKS.md quotes).
+//!
+//! 1. Transform: the shipped component in wasmtime vs the same login-core
+//!    code compiled natively, both masking with the real keyring, one core.
+//! 2. Sink: rows/s into PostgreSQL, batches of 10, as the pipeline writes them.
+//! 3. End to end: `maskpipe run --drain` vs a no-op consumer (receive +
+//!    delete only, same client, same concurrency) on the same queue server.
+//! 4. CPU per message and 5. peak RSS of the host process during (3).
+//!
+//! Sweeps: pollers 1..16, replicas 1..4, and N = 10k / 20k / 50k.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use login_core::MaskBoth;
+use maskpipe::masking::{Keyring, MasterKey};
+use maskpipe::record::{Outcome, Row};
+use maskpipe::runtime::{self, Limits, Transform};
+use maskpipe::sink::{PgSink, Processed};
+use maskpipe::source::{Received, SqsSource};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(about = "maskpipe's benchmark suite (run through `just bench`)")]
+struct Args {
+    /// Repetitions of each measured figure.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Messages for the end-to-end comparison.
+    #[arg(long, default_value_t = 20_000)]
+    messages: usize,
+    /// Pollers (and no-op consumer tasks) for the end-to-end comparison.
+    #[arg(long, default_value_t = 8)]
+    pollers: usize,
+    /// Skip the sweeps (pollers, replicas, N).
+    #[arg(long)]
+    no_sweeps: bool,
+    /// Only print a generated data set of this many messages (JSON Lines).
+    #[arg(long, value_name = "N")]
+    generate: Option<usize>,
+    /// Seed of the generated data.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+}
+
+const BENCH_KEY: &str = "62656e63686d61726b206b6579202d207075626c6963202d206e6f7420726561";
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Some(count) = args.generate {
+        for body in generate(count, args.seed) {
+            println!("{body}");
+        }
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+/// Realistic login messages like the sample's, about 1 % malformed;
+/// deterministic for a seed.
+fn generate(count: usize, seed: u64) -> Vec<String> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let locales = ["RU", "ID", "CN", "FR", "PH", "BR", "US", "KE", "PT", "SE"];
+    (0..count)
+        .map(|n| {
+            if rng.random_ratio(1, 100) {
+                return json!({"foo": "oops_wrong_msg_type", "bar": n.to_string()}).to_string();
+            }
+            let version = if rng.random_bool(0.45) {
+                format!("{}.{}.{}", rng.random_range(0..10), rng.random_range(0..10), rng.random_range(0..10))
+            } else {
+                format!("{}.{}", rng.random_range(0..10), rng.random_range(0..100))
+            };
+            let locale = if rng.random_ratio(29, 99) {
+                serde_json::Value::Null
+            } else {
+                json!(locales[rng.random_range(0..locales.len())])
+            };
+            // Python's json.dumps spacing, as the take-home sends it.
+            format!(
+                r#"{{"user_id": "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}", "app_version": "{version}", "device_type": "{}", "ip": "{}.{}.{}.{}", "locale": {locale}, "device_id": "{:03}-{:02}-{:04}"}}"#,
+                rng.random::<u32>(),
+                rng.random::<u16>(),
+                rng.random_range(0..0x1000),
+                rng.random::<u16>(),
+                rng.random_range(0..1u64 << 48),
+                if rng.random_bool(0.5) { "ios" } else { "android" },
+                rng.random::<u8>(),
+                rng.random::<u8>(),
+                rng.random::<u8>(),
+                rng.random::<u8>(),
+                rng.random_range(0..1000),
+                rng.random_range(0..100),
+                rng.random_range(0..10_000),
+            )
+        })
+        .collect()
+}
+
+/// min / median / max of repeated measurements.
+#[derive(Debug, Clone, Copy)]
+struct Stats {
+    min: f64,
+    median: f64,
+    max: f64,
+}
+
+impl Stats {
+    fn of(mut values: Vec<f64>) -> Self {
+        values.sort_by(f64::total_cmp);
+        Self {
+            min: values[0],
+            median: values[values.len() / 2],
+            max: values[values.len() - 1],
+        }
+    }
+
+    fn row(&self, name: &str, unit: &str) -> String {
+        format!(
+            "| {name} | {} | {} | {} | {unit} |",
+            fmt(self.min),
+            fmt(self.median),
+            fmt(self.max)
+        )
+    }
+}
+
+fn fmt(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else if value >= 1.0 {
+        format!("{value:.2}")
+    } else {
+        format!("{value:.3}")
+    }
+}
+
+fn received(bodies: &[String]) -> Vec<Received> {
+    bodies
+        .iter()
+        .enumerate()
+        .map(|(index, body)| Received {
+            id: format!("bench-{index}"),
+            receipt_handle: String::new(),
+            body: body.clone(),
+            sent_timestamp_ms: 1_670_839_200_000,
+        })
+        .collect()
+}
+
+struct Report {
+    summary: BTreeMap<String, serde_json::Value>,
+    markdown: Vec<String>,
+}
+
+impl Report {
+    fn figure(&mut self, key: &str, stats: Stats) {
+        self.summary.insert(key.to_owned(), json!(stats.median));
+        self.summary
+            .insert(format!("{key}_min_max"), json!([stats.min, stats.max]));
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let keyring = Arc::new(Keyring::new("bench", &MasterKey::parse(BENCH_KEY)?, &[])?);
+    let component = PathBuf::from(
+        std::env::var("MASKPIPE_TRANSFORM")
+            .unwrap_or_else(|_| "target/wasm32-wasip2/release/transform_wasm.wasm".into()),
+    );
+    let admin_url = std::env::var("MASKPIPE_BENCH_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:25432/postgres".into());
+    let mut report = Report {
+        summary: BTreeMap::new(),
+        markdown: Vec::new(),
+    };
+    report.markdown.push(format!(
+        "Machine: {} cores, {}. Runs per figure: {}. Data: generated, seed {}, ~1 % malformed.\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(
+                |c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
+                    .split(':')
+                    .nth(1)
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned())
+            )
+            .unwrap_or_else(|| "unknown CPU".into()),
+        args.runs,
+        args.seed
+    ));
+
+    bench_transform(&args, &component, &keyring, &mut report)?;
+    bench_sink(&args, &admin_url, &keyring, &mut report).await?;
+    bench_end_to_end(&args, &component, &admin_url, &mut report).await?;
+    if !args.no_sweeps {
+        sweeps(&args, &component, &admin_url, &mut report).await?;
+    }
+
+    std::fs::create_dir_all(&args.out)?;
+    let summary = serde_json::to_string_pretty(&report.summary)?;
+    std::fs::write(args.out.join("summary.json"), &summary)?;
+    let markdown = report.markdown.join("\n");
+    std::fs::write(args.out.join("report.md"), &markdown)?;
+    println!("{markdown}\n\n{summary}");
+    Ok(())
+}
+
+fn bench_transform(
+    args: &Args,
+    component: &PathBuf,
+    keyring: &Arc<Keyring>,
+    report: &mut Report,
+) -> Result<()> {
+    const MESSAGES: usize = 50_000;
+    let messages = received(&generate(MESSAGES, args.seed));
+    let engine = runtime::engine()?;
+    let transform = Arc::new(Transform::load(&engine, component, Limits::default())?);
+    let mut worker = transform.worker(Arc::clone(keyring))?;
+    // Warm up both paths (page faults, caches, lazy init).
+    worker.run(&messages[..1_000])?;
+    native(&messages[..1_000], keyring);
+
+    let (mut wasm, mut native_us, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..args.runs {
+        let started = Instant::now();
+        for batch in messages.chunks(10) {
+            std::hint::black_box(worker.run(batch)?);
+        }
+        let wasm_us = started.elapsed().as_secs_f64() * 1e6 / MESSAGES as f64;
+        let started = Instant::now();
+        std::hint::black_box(native(&messages, keyring));
+        let native_per = started.elapsed().as_secs_f64() * 1e6 / MESSAGES as f64;
+        wasm.push(wasm_us);
+        native_us.push(native_per);
+        ratios.push(wasm_us / native_per);
+    }
+    let (wasm, native_s, ratio) = (Stats::of(wasm), Stats::of(native_us), Stats::of(ratios));
+    let wasm_rate = Stats {
+        min: 1e6 / wasm.max,
+        median: 1e6 / wasm.median,
+        max: 1e6 / wasm.min,
+    };
+    report.figure("transform_wasm_us_per_msg", wasm);
+    report.figure("transform_native_us_per_msg", native_s);
+    report.figure("transform_wasm_over_native", ratio);
+    report.figure("transform_wasm_msgs_per_s", wasm_rate);
+    report.markdown.push(format!(
+        "### 1. Transform stage (one core, batches of 10, {MESSAGES} messages a run)\n\n| figure | min | median | max | unit |\n|---|---|---|---|---|\n{}\n{}\n{}\n{}\n",
+        wasm.row("wasm component", "µs/msg"),
+        native_s.row("same code, native", "µs/msg"),
+        ratio.row("wasm / native", "×"),
+        wasm_rate.row("wasm throughput", "msgs/s"),
+    ));
+    Ok(())
+}
+
+/// The reference policy compiled natively, masking with the same keyring.
+fn native(messages: &[Received], keyring: &Keyring) -> usize {
+    let mut policy = MaskBoth(|field: &str, value: &str| keyring.mask(field, value));
+    messages
+        .iter()
+        .filter(|m| login_core::transform(&m.body, m.sent_timestamp_ms, &mut policy).is_ok())
+        .count()
+}
+
+async fn fresh_database(admin_url: &str, tag: &str) -> Result<String> {
+    let name = format!(
+        "mp_bench_{tag}_{}_{:06x}",
+        std::process::id(),
+        rand::random::<u32>() & 0xffffff
+    );
+    let (client, connection) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await?;
+    let base = admin_url
+        .strip_suffix("/postgres")
+        .context("admin URL must end in /postgres")?;
+    Ok(format!("{base}/{name}"))
+}
+
+async fn bench_sink(
+    args: &Args,
+    admin_url: &str,
+    keyring: &Arc<Keyring>,
+    report: &mut Report,
+) -> Result<()> {
+    const ROWS: usize = 40_000;
+    const CONNECTIONS: usize = 4;
+    let bodies = generate(ROWS, args.seed);
+    let mut policy = MaskBoth(|field: &str, value: &str| keyring.mask(field, value));
+    let outcomes: Vec<Outcome> = bodies
+        .iter()
+        .map(
+            |body| match login_core::transform(body, 1_670_839_200_000, &mut policy) {
+                Ok(row) => Outcome::Row(Row {
+                    user_id: Some(row.user_id),
+                    device_type: Some(row.device_type),
+                    masked_ip: Some(row.masked_ip),
+                    masked_device_id: Some(row.masked_device_id),
+                    locale: row.locale,
+                    app_version: Some(row.app_version),
+                    create_date: chrono::NaiveDate::from_ymd_opt(
+                        row.create_date.year,
+                        row.create_date.month.into(),
+                        row.create_date.day.into(),
+                    ),
+                }),
+                Err(rejection) => Outcome::Rejected(maskpipe::record::Rejection::new(
+                    rejection.code,
+                    rejection.detail,
+                )),
+            },
+        )
+        .collect();
+    let outcomes = Arc::new(outcomes);
+    let mut rates = Vec::new();
+    for run in 0..args.runs {
+        let url = fresh_database(admin_url, "sink").await?;
+        PgSink::connect(&url).await?.ensure_schema().await?;
+        let messages = Arc::new(
+            received(&bodies)
+                .into_iter()
+                .map(|mut m| {
+                    m.id = format!("{run}-{}", m.id);
+                    m
+                })
+                .collect::<Vec<_>>(),
+        );
+        let started = Instant::now();
+        let mut writers = tokio::task::JoinSet::new();
+        for writer in 0..CONNECTIONS {
+            let (url, messages, outcomes, keyring) = (
+                url.clone(),
+                Arc::clone(&messages),
+                Arc::clone(&outcomes),
+                Arc::clone(keyring),
+            );
+            writers.spawn(async move {
+                let mut sink = PgSink::connect(&url).await?;
+                let chunks: Vec<usize> = (0..ROWS / 10)
+                    .filter(|c| c % CONNECTIONS == writer)
+                    .collect();
+                for chunk in chunks {
+                    let range = chunk * 10..chunk * 10 + 10;
+                    let batch: Vec<Processed<'_>> = messages[range.clone()]
+                        .iter()
+                        .zip(&outcomes[range])
+                        .map(|(message, outcome)| Processed { message, outcome })
+                        .collect();
+                    sink.write_batch(&batch, "bench", &keyring).await?;
+                }
+                anyhow::Ok(())
+            });
+        }
+        while let Some(done) = writers.join_next().await {
+            done??;
+        }
+        rates.push(ROWS as f64 / started.elapsed().as_secs_f64());
+    }
+    let rate = Stats::of(rates);
+    report.figure("sink_rows_per_s", rate);
+    report.markdown.push(format!(
+        "### 2. Sink (PostgreSQL 15 on 127.0.0.1, {CONNECTIONS} connections, batches of 10 with ledger + dead letters, {ROWS} rows a run)\n\n| figure | min | median | max | unit |\n|---|---|---|---|---|\n{}\n",
+        rate.row("rows written", "rows/s")
+    ));
+    Ok(())
+}
+
+async fn preload(queue: &SqsSource, bodies: &[String]) -> Result<()> {
+    let mut senders = tokio::task::JoinSet::new();
+    for part in bodies.chunks(bodies.len().div_ceil(8).max(1)) {
+        let (queue, part) = (queue.clone(), part.to_vec());
+        senders.spawn(async move { queue.send(&part).await });
+    }
+    while let Some(sent) = senders.join_next().await {
+        sent??;
+    }
+    Ok(())
+}
+
+async fn fresh_queue(tag: &str) -> Result<SqsSource> {
+    let name = format!(
+        "mp-bench-{tag}-{}-{:06x}",
+        std::process::id(),
+        rand::random::<u32>() & 0xffffff
+    );
+    Ok(SqsSource::create(&name).await?.0)
+}
+
+/// What one `maskpipe run --drain` reported.
+#[derive(Debug, Default, Clone, Copy)]
+struct HostRun {
+    msgs_per_s: f64,
+    cpu_us_per_msg: f64,
+    peak_rss_mib: f64,
+}
+
+async fn host_drain(
+    component: &PathBuf,
+    queue: &SqsSource,
+    database: &str,
+    pollers: usize,
+    replicas: usize,
+    expected: usize,
+) -> Result<HostRun> {
+    let started = Instant::now();
+    let mut children = Vec::new();
+    for _ in 0..replicas {
+        children.push(
+            tokio::process::Command::new("target/release/maskpipe")
+                .args([
+                    "run",
+                    "--drain",
+                    "--wait-seconds",
+                    "1",
+                    "--progress-seconds",
+                    "0",
+                    "--log",
+                    "warn",
+                ])
+                .args(["--pollers", &pollers.to_string()])
+                .args(["--queue", queue.queue_url(), "--database-url", database])
+                .arg("--transform")
+                .arg(component)
+                .env("MASKPIPE_MASTER_KEY", BENCH_KEY)
+                .output(),
+        );
+    }
+    let mut outputs = Vec::new();
+    for child in children {
+        outputs.push(child.await?);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut run = HostRun::default();
+    let mut received = 0.0;
+    let mut cpu = 0.0;
+    for output in &outputs {
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            bail!(
+                "maskpipe failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let field = |label: &str| -> f64 {
+            stdout
+                .lines()
+                .find(|l| l.trim_start().starts_with(label))
+                .and_then(|l| {
+                    l.trim_start()[label.len()..]
+                        .split_whitespace()
+                        .next()
+                        .map(str::to_owned)
+                })
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
+        };
+        received += field("messages received");
+        cpu += field("cpu time");
+        run.peak_rss_mib = run.peak_rss_mib.max(field("peak memory (RSS)"));
+        if replicas == 1 {
+            run.msgs_per_s = field("throughput");
+        }
+    }
+    if (received as usize) < expected {
+        bail!("the host received {received} of {expected} messages");
+    }
+    if replicas > 1 {
+        // Replicas overlap: measure the whole wall time, less the final 1 s
+        // empty poll each one ends with.
+        run.msgs_per_s = received / (elapsed - 1.0).max(0.001);
+    }
+    run.cpu_us_per_msg = cpu * 1e6 / received;
+    Ok(run)
+}
+
+/// Receive + delete only: the ceiling the queue server allows, measured over
+/// the same window as the host's (first receive to last delete).
+async fn noop_drain(queue: &SqsSource, consumers: usize) -> Result<f64> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..consumers {
+        let queue = queue.clone();
+        tasks.spawn(async move {
+            let mut count = 0usize;
+            let mut window: Option<(Instant, Instant)> = None;
+            loop {
+                let messages = queue.receive(10, 1, None).await?;
+                if messages.is_empty() {
+                    return anyhow::Ok((count, window));
+                }
+                let first = Instant::now();
+                queue.delete(&messages).await?;
+                count += messages.len();
+                window = Some((window.map_or(first, |w| w.0), Instant::now()));
+            }
+        });
+    }
+    let (mut count, mut first, mut last) = (0, None::<Instant>, None::<Instant>);
+    while let Some(done) = tasks.join_next().await {
+        let (n, window) = done??;
+        count += n;
+        if let Some((a, b)) = window {
+            first = Some(first.map_or(a, |f| f.min(a)));
+            last = Some(last.map_or(b, |l| l.max(b)));
+        }
+    }
+    let seconds = match (first, last) {
+        (Some(a), Some(b)) => (b - a).as_secs_f64(),
+        _ => bail!("the no-op consumer received nothing"),
+    };
+    Ok(count as f64 / seconds)
+}
+
+async fn bench_end_to_end(
+    args: &Args,
+    component: &PathBuf,
+    admin_url: &str,
+    report: &mut Report,
+) -> Result<()> {
+    let bodies = generate(args.messages, args.seed);
+    let (mut host, mut noop, mut ratio, mut cpu, mut rss) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..args.runs {
+        let queue = fresh_queue("noop").await?;
+        preload(&queue, &bodies).await?;
+        let noop_rate = noop_drain(&queue, args.pollers).await?;
+
+        let queue = fresh_queue("e2e").await?;
+        preload(&queue, &bodies).await?;
+        let database = fresh_database(admin_url, "e2e").await?;
+        let run = host_drain(component, &queue, &database, args.pollers, 1, bodies.len()).await?;
+        host.push(run.msgs_per_s);
+        noop.push(noop_rate);
+        ratio.push(run.msgs_per_s / noop_rate);
+        cpu.push(run.cpu_us_per_msg);
+        rss.push(run.peak_rss_mib);
+    }
+    let (host, noop, ratio, cpu, rss) = (
+        Stats::of(host),
+        Stats::of(noop),
+        Stats::of(ratio),
+        Stats::of(cpu),
+        Stats::of(rss),
+    );
+    report.figure("e2e_msgs_per_s", host);
+    report.figure("noop_msgs_per_s", noop);
+    report.figure("e2e_over_noop", ratio);
+    report.figure("host_cpu_us_per_msg", cpu);
+    report.figure("peak_rss_mib", rss);
+    report
+        .summary
+        .insert("e2e_messages".into(), json!(args.messages));
+    report
+        .summary
+        .insert("e2e_pollers".into(), json!(args.pollers));
+    report.markdown.push(format!(
+        "### 3–5. End to end ({} messages preloaded in LocalStack, {} pollers; no-op = receive + delete, same client and concurrency)\n\n| figure | min | median | max | unit |\n|---|---|---|---|---|\n{}\n{}\n{}\n{}\n{}\n",
+        args.messages,
+        args.pollers,
+        host.row("maskpipe drain", "msgs/s"),
+        noop.row("no-op consumer", "msgs/s"),
+        ratio.row("maskpipe / no-op", "×"),
+        cpu.row("host CPU (user + sys)", "µs/msg"),
+        rss.row("host peak RSS", "MiB"),
+    ));
+    Ok(())
+}
+
+async fn sweeps(
+    args: &Args,
+    component: &PathBuf,
+    admin_url: &str,
+    report: &mut Report,
+) -> Result<()> {
+    const SWEEP_MESSAGES: usize = 10_000;
+    let bodies = generate(SWEEP_MESSAGES, args.seed);
+
+    let mut rows = Vec::new();
+    for pollers in [1, 2, 4, 8, 16] {
+        let queue = fresh_queue("noop-sweep").await?;
+        preload(&queue, &bodies).await?;
+        let noop_rate = noop_drain(&queue, pollers).await?;
+        let queue = fresh_queue("sweep").await?;
+        preload(&queue, &bodies).await?;
+        let database = fresh_database(admin_url, "sweep").await?;
+        let run = host_drain(component, &queue, &database, pollers, 1, SWEEP_MESSAGES).await?;
+        report.summary.insert(
+            format!("pollers_{pollers}_msgs_per_s"),
+            json!(run.msgs_per_s),
+        );
+        rows.push(format!(
+            "| {pollers} | {:.0} | {:.0} | {:.2} | {:.1} |",
+            run.msgs_per_s,
+            noop_rate,
+            run.msgs_per_s / noop_rate,
+            run.cpu_us_per_msg
+        ));
+    }
+    report.markdown.push(format!(
+        "### Pollers (one process, {SWEEP_MESSAGES} messages, one run each)\n\n| pollers | maskpipe msgs/s | no-op msgs/s | ratio | host CPU µs/msg |\n|---|---|---|---|---|\n{}\n",
+        rows.join("\n")
+    ));
+
+    let mut rows = Vec::new();
+    for replicas in 1..=4 {
+        let queue = fresh_queue("replicas").await?;
+        preload(&queue, &bodies).await?;
+        let database = fresh_database(admin_url, "replicas").await?;
+        let run = host_drain(component, &queue, &database, 4, replicas, SWEEP_MESSAGES).await?;
+        report.summary.insert(
+            format!("replicas_{replicas}_msgs_per_s"),
+            json!(run.msgs_per_s),
+        );
+        rows.push(format!(
+            "| {replicas} | {:.0} | {:.1} |",
+            run.msgs_per_s, run.cpu_us_per_msg
+        ));
+    }
+    report.markdown.push(format!(
+        "### Replicas (processes × 4 pollers on one queue, {SWEEP_MESSAGES} messages, one run each)\n\n| processes | msgs/s | host CPU µs/msg |\n|---|---|---|\n{}\n",
+        rows.join("\n")
+    ));
+
+    let mut rows = Vec::new();
+    for n in [10_000, 20_000, 50_000] {
+        let bodies = generate(n, args.seed);
+        let queue = fresh_queue("scale").await?;
+        preload(&queue, &bodies).await?;
+        let database = fresh_database(admin_url, "scale").await?;
+        let run = host_drain(component, &queue, &database, args.pollers, 1, n).await?;
+        report
+            .summary
+            .insert(format!("n_{n}_msgs_per_s"), json!(run.msgs_per_s));
+        report
+            .summary
+            .insert(format!("n_{n}_cpu_us_per_msg"), json!(run.cpu_us_per_msg));
+        report
+            .summary
+            .insert(format!("n_{n}_peak_rss_mib"), json!(run.peak_rss_mib));
+        rows.push(format!(
+            "| {n} | {:.0} | {:.1} | {:.1} |",
+            run.msgs_per_s, run.cpu_us_per_msg, run.peak_rss_mib
+        ));
+    }
+    report.markdown.push(format!(
+        "### Cost against N ({} pollers, one run each)\n\n| messages | msgs/s | host CPU µs/msg | peak RSS MiB |\n|---|---|---|---|\n{}\n",
+        args.pollers,
+        rows.join("\n")
+    ));
+    Ok(())
+}

@@ -38,7 +38,7 @@ use bindings::maskpipe::transform::{masking, types as wit};
 use bindings::{Transformer, TransformerPre};
 
 /// How often the engine's epoch advances: the granularity of deadlines.
-const EPOCH_TICK: Duration = Duration::from_millis(5);
+const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Interfaces a component may import. WASI is linked with an empty context,
 /// so these are inert: they exist because Rust's std for `wasm32-wasip2`

@@ -1,20 +1,18 @@
 //! The PostgreSQL sink: one transaction per batch.
 //!
-//! In one transaction: claim each message id in the ledger
-//! (`maskpipe_processed`), then write rows to `user_logins` and dead letters
-//! to `maskpipe_dead_letters` for the ids that were new. A redelivered message
+//! Atomically: claim each message id in the ledger (`maskpipe_processed`),
+//! then write rows to `user_logins` and dead letters to
+//! `maskpipe_dead_letters` for the ids that were new. A redelivered message
 //! finds its id claimed and adds nothing, so at-least-once delivery from SQS
-//! becomes exactly-once rows. Every statement takes whole columns as arrays
-//! (`UNNEST`), so a batch costs three statements, not one per row.
+//! becomes exactly-once rows. The whole batch is one prepared statement over
+//! column arrays (`UNNEST`): one round trip per batch, whatever its size.
 //!
 //! `user_logins` is created with the take-home's exact DDL when missing and is
 //! never altered; the side tables are maskpipe's own.
 
-use std::collections::HashSet;
-
 use anyhow::{Context, Result};
 use chrono::{DateTime, NaiveDate, Utc};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::masking::Keyring;
 use crate::record::Outcome;
@@ -69,9 +67,51 @@ pub struct Processed<'a> {
     pub outcome: &'a Outcome,
 }
 
+/// One batch, one statement, one round trip: data-modifying CTEs claim the
+/// ids in the ledger and insert rows and dead letters only for the ids just
+/// claimed. A single statement is its own transaction, so it is all or
+/// nothing. `$1..$13` are the batch as parallel arrays, one entry per message.
+const WRITE_BATCH: &str = "
+WITH input AS (
+    SELECT DISTINCT ON (message_id) *
+    FROM UNNEST($1::text[], $2::text[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[],
+                $7::varchar[], $8::integer[], $9::date[], $10::text[], $11::text[], $12::text[],
+                $13::timestamptz[])
+         AS i(message_id, outcome, user_id, device_type, masked_ip, masked_device_id,
+              locale, app_version, create_date, reason, detail, body_sealed, sent_at)
+),
+claimed AS (
+    INSERT INTO maskpipe_processed (message_id, outcome, component_digest)
+    SELECT message_id, outcome, $14 FROM input
+    ON CONFLICT (message_id) DO NOTHING
+    RETURNING message_id
+),
+new_rows AS (
+    INSERT INTO user_logins
+        (user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date)
+    SELECT i.user_id, i.device_type, i.masked_ip, i.masked_device_id, i.locale, i.app_version, i.create_date
+    FROM input i JOIN claimed USING (message_id)
+    WHERE i.outcome = 'row'
+    RETURNING 1
+),
+new_dead_letters AS (
+    INSERT INTO maskpipe_dead_letters
+        (message_id, reason, detail, body_sealed, sent_at, component_digest)
+    SELECT i.message_id, i.reason, i.detail, i.body_sealed, i.sent_at, $14
+    FROM input i JOIN claimed USING (message_id)
+    WHERE i.outcome = 'dead_letter'
+    RETURNING reason
+)
+SELECT (SELECT count(*) FROM claimed),
+       (SELECT count(*) FROM new_rows),
+       (SELECT coalesce(array_agg(reason), '{}') FROM new_dead_letters)
+";
+
 /// A connection to the target database.
 pub struct PgSink {
     client: Client,
+    /// Prepared on first use, once per connection.
+    write_batch: Option<Statement>,
 }
 
 impl PgSink {
@@ -85,7 +125,10 @@ impl PgSink {
                 tracing::warn!("PostgreSQL connection closed: {error}");
             }
         });
-        Ok(Self { client })
+        Ok(Self {
+            client,
+            write_batch: None,
+        })
     }
 
     /// Whether the connection has died (the pipeline then reconnects).
@@ -111,114 +154,63 @@ impl PgSink {
         Ok(())
     }
 
-    /// Writes one batch in one transaction (see the module docs).
+    /// Writes one batch atomically (see the module docs).
     pub async fn write_batch(
         &mut self,
         batch: &[Processed<'_>],
         component_digest: &str,
         keyring: &Keyring,
     ) -> Result<WriteReport> {
-        let tx = self.client.transaction().await?;
-
-        let ids: Vec<&str> = batch.iter().map(|p| p.message.id.as_str()).collect();
-        let outcomes: Vec<&str> = batch
-            .iter()
-            .map(|p| match p.outcome {
-                Outcome::Row(_) => "row",
-                Outcome::Rejected(_) => "dead_letter",
-            })
-            .collect();
-        let claimed: HashSet<String> = tx
-            .query(
-                "INSERT INTO maskpipe_processed (message_id, outcome, component_digest)
-                 SELECT id, outcome, $3 FROM UNNEST($1::text[], $2::text[]) AS m(id, outcome)
-                 ON CONFLICT (message_id) DO NOTHING
-                 RETURNING message_id",
-                &[&ids, &outcomes, &component_digest],
-            )
-            .await
-            .context("cannot record processed message ids")?
-            .into_iter()
-            .map(|row| row.get(0))
-            .collect();
-        // A batch never holds one id twice, but a redelivery can race its
-        // original inside one receive: count each id once.
-        let mut fresh: Vec<&Processed<'_>> = Vec::with_capacity(batch.len());
-        let mut seen = HashSet::with_capacity(batch.len());
-        for processed in batch {
-            if claimed.contains(&processed.message.id) && seen.insert(&processed.message.id) {
-                fresh.push(processed);
+        let statement = match &self.write_batch {
+            Some(statement) => statement.clone(),
+            None => {
+                let statement = self
+                    .client
+                    .prepare(WRITE_BATCH)
+                    .await
+                    .context("cannot prepare the batch statement")?;
+                self.write_batch.insert(statement).clone()
             }
-        }
-
-        let mut rows = RowColumns::default();
-        let mut dead = DeadLetterColumns::default();
-        for processed in &fresh {
-            match processed.outcome {
-                Outcome::Row(row) => rows.push(row),
-                Outcome::Rejected(rejection) => {
-                    dead.message_id.push(&processed.message.id);
-                    dead.reason.push(&rejection.code);
-                    dead.detail.push(&rejection.detail);
-                    dead.body_sealed
-                        .push(keyring.seal(processed.message.body.as_bytes()));
-                    dead.sent_at.push(DateTime::<Utc>::from_timestamp_millis(
-                        processed.message.sent_timestamp_ms as i64,
-                    ));
-                }
-            }
-        }
-
-        if !rows.user_id.is_empty() {
-            tx.execute(
-                "INSERT INTO user_logins
-                     (user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date)
-                 SELECT * FROM UNNEST($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[],
-                                      $5::varchar[], $6::integer[], $7::date[])",
+        };
+        let columns = BatchColumns::new(batch, keyring);
+        let result = self
+            .client
+            .query_one(
+                &statement,
                 &[
-                    &rows.user_id,
-                    &rows.device_type,
-                    &rows.masked_ip,
-                    &rows.masked_device_id,
-                    &rows.locale,
-                    &rows.app_version,
-                    &rows.create_date,
-                ],
-            )
-            .await
-            .context("cannot insert into user_logins")?;
-        }
-        if !dead.message_id.is_empty() {
-            tx.execute(
-                "INSERT INTO maskpipe_dead_letters
-                     (message_id, reason, detail, body_sealed, sent_at, component_digest)
-                 SELECT m.*, $6 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
-                                            $5::timestamptz[]) AS m",
-                &[
-                    &dead.message_id,
-                    &dead.reason,
-                    &dead.detail,
-                    &dead.body_sealed,
-                    &dead.sent_at,
+                    &columns.message_id,
+                    &columns.outcome,
+                    &columns.user_id,
+                    &columns.device_type,
+                    &columns.masked_ip,
+                    &columns.masked_device_id,
+                    &columns.locale,
+                    &columns.app_version,
+                    &columns.create_date,
+                    &columns.reason,
+                    &columns.detail,
+                    &columns.body_sealed,
+                    &columns.sent_at,
                     &component_digest,
                 ],
             )
             .await
-            .context("cannot insert into maskpipe_dead_letters")?;
-        }
-        tx.commit().await.context("cannot commit the batch")?;
-
+            .context("cannot write the batch")?;
+        let claimed: i64 = result.get(0);
+        let rows: i64 = result.get(1);
+        let dead_letter_reasons: Vec<String> = result.get(2);
         Ok(WriteReport {
-            rows: rows.user_id.len(),
-            dead_letter_reasons: dead.reason.iter().map(|r| (*r).to_owned()).collect(),
-            duplicates: batch.len() - fresh.len(),
+            rows: rows as usize,
+            dead_letter_reasons,
+            duplicates: batch.len() - claimed as usize,
         })
     }
 }
 
-/// `user_logins` as columns, for `UNNEST`.
-#[derive(Default)]
-struct RowColumns<'a> {
+/// A batch as parallel columns, one entry per message, for `UNNEST`.
+struct BatchColumns<'a> {
+    message_id: Vec<&'a str>,
+    outcome: Vec<&'static str>,
     user_id: Vec<Option<&'a str>>,
     device_type: Vec<Option<&'a str>>,
     masked_ip: Vec<Option<&'a str>>,
@@ -226,27 +218,70 @@ struct RowColumns<'a> {
     locale: Vec<Option<&'a str>>,
     app_version: Vec<Option<i32>>,
     create_date: Vec<Option<NaiveDate>>,
-}
-
-impl<'a> RowColumns<'a> {
-    fn push(&mut self, row: &'a crate::record::Row) {
-        self.user_id.push(row.user_id.as_deref());
-        self.device_type.push(row.device_type.as_deref());
-        self.masked_ip.push(row.masked_ip.as_deref());
-        self.masked_device_id.push(row.masked_device_id.as_deref());
-        self.locale.push(row.locale.as_deref());
-        self.app_version.push(row.app_version);
-        self.create_date.push(row.create_date);
-    }
-}
-
-#[derive(Default)]
-struct DeadLetterColumns<'a> {
-    message_id: Vec<&'a str>,
-    reason: Vec<&'a str>,
-    detail: Vec<&'a str>,
-    body_sealed: Vec<String>,
+    reason: Vec<Option<&'a str>>,
+    detail: Vec<Option<&'a str>>,
+    body_sealed: Vec<Option<String>>,
     sent_at: Vec<Option<DateTime<Utc>>>,
+}
+
+impl<'a> BatchColumns<'a> {
+    fn new(batch: &[Processed<'a>], keyring: &Keyring) -> Self {
+        let n = batch.len();
+        let mut columns = Self {
+            message_id: Vec::with_capacity(n),
+            outcome: Vec::with_capacity(n),
+            user_id: Vec::with_capacity(n),
+            device_type: Vec::with_capacity(n),
+            masked_ip: Vec::with_capacity(n),
+            masked_device_id: Vec::with_capacity(n),
+            locale: Vec::with_capacity(n),
+            app_version: Vec::with_capacity(n),
+            create_date: Vec::with_capacity(n),
+            reason: Vec::with_capacity(n),
+            detail: Vec::with_capacity(n),
+            body_sealed: Vec::with_capacity(n),
+            sent_at: Vec::with_capacity(n),
+        };
+        for processed in batch {
+            columns.message_id.push(&processed.message.id);
+            let row = match processed.outcome {
+                Outcome::Row(row) => {
+                    columns.outcome.push("row");
+                    columns.reason.push(None);
+                    columns.detail.push(None);
+                    columns.body_sealed.push(None);
+                    columns.sent_at.push(None);
+                    Some(row)
+                }
+                Outcome::Rejected(rejection) => {
+                    columns.outcome.push("dead_letter");
+                    columns.reason.push(Some(&rejection.code));
+                    columns.detail.push(Some(&rejection.detail));
+                    columns
+                        .body_sealed
+                        .push(Some(keyring.seal(processed.message.body.as_bytes())));
+                    columns.sent_at.push(DateTime::<Utc>::from_timestamp_millis(
+                        processed.message.sent_timestamp_ms as i64,
+                    ));
+                    None
+                }
+            };
+            columns.user_id.push(row.and_then(|r| r.user_id.as_deref()));
+            columns
+                .device_type
+                .push(row.and_then(|r| r.device_type.as_deref()));
+            columns
+                .masked_ip
+                .push(row.and_then(|r| r.masked_ip.as_deref()));
+            columns
+                .masked_device_id
+                .push(row.and_then(|r| r.masked_device_id.as_deref()));
+            columns.locale.push(row.and_then(|r| r.locale.as_deref()));
+            columns.app_version.push(row.and_then(|r| r.app_version));
+            columns.create_date.push(row.and_then(|r| r.create_date));
+        }
+        columns
+    }
 }
 
 /// A connection string fit for logs: the password replaced.

@@ -164,7 +164,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let metrics_handle = ops::install_recorder()?;
     let keyring = args.keys.keyring()?;
     let settings = args.settings()?;
-    let engine = runtime::engine()?;
+    let engine = runtime::engine_with_cache(args.cache_dir().as_deref())?;
     let (transform, validation) = swap::load_validated(&engine, &args.transform, args.limits())?;
     tracing::info!(
         "loaded transform sha256:{} ({} bytes) from {}, validated with {validation}",

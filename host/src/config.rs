@@ -121,6 +121,12 @@ pub struct RunArgs {
     #[arg(long, env = "MASKPIPE_METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
+    /// Directory for compiled components, so restarts skip compilation;
+    /// `off` disables the cache. Default: $XDG_CACHE_HOME/maskpipe or
+    /// ~/.cache/maskpipe.
+    #[arg(long, env = "MASKPIPE_CACHE_DIR", value_name = "DIR|off")]
+    pub cache_dir: Option<String>,
+
     /// Seconds between progress log lines; 0 turns them off.
     #[arg(long, env = "MASKPIPE_PROGRESS_SECONDS", default_value_t = 5)]
     pub progress_seconds: u64,
@@ -130,6 +136,18 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// Where compiled components are cached, if anywhere.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        match self.cache_dir.as_deref() {
+            Some("off") => None,
+            Some(dir) => Some(PathBuf::from(dir)),
+            None => std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+                .map(|base| base.join("maskpipe")),
+        }
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             deadline: Duration::from_millis(self.transform_timeout_ms),

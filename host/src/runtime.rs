@@ -86,8 +86,33 @@ impl Default for Limits {
 
 /// Creates the process's wasm engine and the thread that advances its epoch.
 pub fn engine() -> Result<Engine> {
+    engine_with_cache(None)
+}
+
+/// [`engine`], keeping compiled components in `cache_dir`, so a restart or a
+/// swap back to a known component skips compilation. An unusable directory
+/// (read-only root filesystem, say) only costs the cache.
+pub fn engine_with_cache(cache_dir: Option<&Path>) -> Result<Engine> {
     let mut config = Config::new();
     config.wasm_component_model(true).epoch_interruption(true);
+    if let Some(directory) = cache_dir {
+        let cache = std::fs::create_dir_all(directory)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| {
+                let mut cache_config = wasmtime::CacheConfig::new();
+                cache_config.with_directory(directory);
+                wasmtime::Cache::new(cache_config).map_err(anyhow::Error::from)
+            });
+        match cache {
+            Ok(cache) => {
+                config.cache(Some(cache));
+            }
+            Err(error) => tracing::warn!(
+                "not caching compiled components in {}: {error:#}",
+                directory.display()
+            ),
+        }
+    }
     let engine = Engine::new(&config)
         .map_err(anyhow::Error::from)
         .context("cannot create the wasm engine")?;

@@ -494,9 +494,25 @@ async fn host_drain(
     Ok(run)
 }
 
+/// This process's CPU time so far (user + system), in seconds.
+fn cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a complete rusage into the pointer it is given.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } != 0 {
+        return 0.0;
+    }
+    // SAFETY: initialised by the successful call above.
+    let usage = unsafe { usage.assume_init() };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
 /// Receive + delete only: the ceiling the queue server allows, measured over
-/// the same window as the host's (first receive to last delete).
-async fn noop_drain(queue: &SqsSource, consumers: usize) -> Result<f64> {
+/// the same window as the host's (first receive to last delete). Returns
+/// msgs/s and the CPU µs it spent per message (nothing else runs in this
+/// process meanwhile): the floor of any consumer using this client.
+async fn noop_drain(queue: &SqsSource, consumers: usize) -> Result<(f64, f64)> {
+    let cpu_before = cpu_seconds();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..consumers {
         let queue = queue.clone();
@@ -528,7 +544,8 @@ async fn noop_drain(queue: &SqsSource, consumers: usize) -> Result<f64> {
         (Some(a), Some(b)) => (b - a).as_secs_f64(),
         _ => bail!("the no-op consumer received nothing"),
     };
-    Ok(count as f64 / seconds)
+    let cpu_us_per_msg = (cpu_seconds() - cpu_before) * 1e6 / count as f64;
+    Ok((count as f64 / seconds, cpu_us_per_msg))
 }
 
 async fn bench_end_to_end(
@@ -574,13 +591,14 @@ async fn bench_end_to_end(
         .summary
         .insert("e2e_pollers".into(), json!(args.pollers));
     report.markdown.push(format!(
-        "### 3–5. End to end ({} messages preloaded in LocalStack, {} pollers; no-op = receive + delete, same client and concurrency)\n\n| figure | min | median | max | unit |\n|---|---|---|---|---|\n{}\n{}\n{}\n{}\n{}\n",
+        "### 3–5. End to end ({} messages preloaded in LocalStack, {} pollers; no-op = receive + delete, same client and concurrency)\n\n| figure | min | median | max | unit |\n|---|---|---|---|---|\n{}\n{}\n{}\n{}\n{}\n{}\n",
         args.messages,
         args.pollers,
         host.row("maskpipe drain", "msgs/s"),
         noop.row("no-op consumer", "msgs/s"),
         ratio.row("maskpipe / no-op", "×"),
         cpu.row("host CPU (user + sys)", "µs/msg"),
+        noop_cpu.row("no-op consumer CPU (its floor)", "µs/msg"),
         rss.row("host peak RSS", "MiB"),
     ));
     Ok(())
@@ -599,7 +617,7 @@ async fn sweeps(
     for pollers in [1, 2, 4, 8, 16] {
         let queue = fresh_queue("noop-sweep").await?;
         preload(&queue, &bodies).await?;
-        let noop_rate = noop_drain(&queue, pollers).await?;
+        let (noop_rate, _) = noop_drain(&queue, pollers).await?;
         let queue = fresh_queue("sweep").await?;
         preload(&queue, &bodies).await?;
         let database = fresh_database(admin_url, "sweep").await?;

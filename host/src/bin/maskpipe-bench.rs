@@ -557,10 +557,12 @@ async fn bench_end_to_end(
     let bodies = generate(args.messages, args.seed);
     let (mut host, mut noop, mut ratio, mut cpu, mut rss) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let mut noop_cpu = vec![];
     for _ in 0..args.runs {
         let queue = fresh_queue("noop").await?;
         preload(&queue, &bodies).await?;
-        let noop_rate = noop_drain(&queue, args.pollers).await?;
+        let (noop_rate, noop_cpu_per_msg) = noop_drain(&queue, args.pollers).await?;
+        noop_cpu.push(noop_cpu_per_msg);
 
         let queue = fresh_queue("e2e").await?;
         preload(&queue, &bodies).await?;
@@ -579,6 +581,8 @@ async fn bench_end_to_end(
         Stats::of(cpu),
         Stats::of(rss),
     );
+    let noop_cpu = Stats::of(noop_cpu);
+    report.figure("noop_cpu_us_per_msg", noop_cpu);
     report.figure("e2e_msgs_per_s", host);
     report.figure("noop_msgs_per_s", noop);
     report.figure("e2e_over_noop", ratio);

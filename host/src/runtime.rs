@@ -31,6 +31,9 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "transformer",
+        // Messages cross into the guest straight from the host's `&str`s,
+        // without an owned copy per call.
+        ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
 
@@ -248,7 +251,7 @@ impl Worker {
     /// dead letter. It fails only when the component can no longer be
     /// instantiated, which no message can cause.
     pub fn run(&mut self, messages: &[Received]) -> Result<Vec<Outcome>> {
-        let inputs: Vec<wit::Message> = messages.iter().map(to_wit).collect();
+        let inputs: Vec<wit::Message<'_>> = messages.iter().map(to_wit).collect();
         match self.call(&inputs) {
             Ok(outcomes) => Ok(outcomes),
             Err(failure) => {
@@ -275,7 +278,7 @@ impl Worker {
 
     /// One call into the component. A failure is described as the rejection
     /// the message(s) would get.
-    fn call(&mut self, inputs: &[wit::Message]) -> Result<Vec<Outcome>, Rejection> {
+    fn call(&mut self, inputs: &[wit::Message<'_>]) -> Result<Vec<Outcome>, Rejection> {
         self.store
             .set_epoch_deadline(self.transform.deadline_ticks());
         let outcomes = self
@@ -369,10 +372,10 @@ fn check_imports(engine: &Engine, component: &Component) -> Result<()> {
     Ok(())
 }
 
-fn to_wit(message: &Received) -> wit::Message {
+fn to_wit(message: &Received) -> wit::Message<'_> {
     wit::Message {
-        id: message.id.clone(),
-        body: message.body.clone(),
+        id: &message.id,
+        body: &message.body,
         sent_timestamp_ms: message.sent_timestamp_ms,
     }
 }

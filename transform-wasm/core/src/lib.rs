@@ -8,11 +8,11 @@
 
 use std::net::IpAddr;
 
-use chrono::{DateTime, Datelike};
-use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::fmt;
 
-/// Fields a login message must carry, as non-null strings.
-const REQUIRED: [&str; 5] = ["user_id", "device_type", "ip", "device_id", "app_version"];
+use chrono::{DateTime, Datelike};
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// Column limits of `user_logins`, in characters (varchar counts characters).
 const USER_ID_MAX_CHARS: usize = 128;
@@ -86,37 +86,29 @@ pub fn transform(
     sent_timestamp_ms: u64,
     protect: &mut impl Protect,
 ) -> Result<Row, Rejection> {
-    let value: Value = serde_json::from_str(body).map_err(|e| {
-        // serde_json's syntax errors carry a position, never the input text.
-        Rejection::new(
-            "invalid_json",
-            format!(
-                "body is not valid JSON ({:?} error at line {} column {})",
-                e.classify(),
-                e.line(),
-                e.column()
-            ),
-        )
-    })?;
-    let Value::Object(object) = value else {
-        return Err(Rejection::new(
-            "not_an_object",
-            format!("body is JSON {}, not an object", json_kind(&value)),
-        ));
-    };
-    if !REQUIRED.iter().any(|field| object.contains_key(*field)) {
+    let login = parse(body)?;
+    if [
+        &login.user_id,
+        &login.device_type,
+        &login.ip,
+        &login.device_id,
+        &login.app_version,
+    ]
+    .iter()
+    .all(|field| field.is_none())
+    {
         return Err(Rejection::new(
             "wrong_schema",
             "body has none of the login fields (user_id, device_type, ip, device_id, app_version)",
         ));
     }
 
-    let user_id = required_str(&object, "user_id")?;
-    let device_type = required_str(&object, "device_type")?;
-    let ip = required_str(&object, "ip")?;
-    let device_id = required_str(&object, "device_id")?;
-    let app_version = required_str(&object, "app_version")?;
-    let locale = optional_str(&object, "locale")?;
+    let user_id = required_str(&login.user_id, "user_id")?;
+    let device_type = required_str(&login.device_type, "device_type")?;
+    let ip = required_str(&login.ip, "ip")?;
+    let device_id = required_str(&login.device_id, "device_id")?;
+    let app_version = required_str(&login.app_version, "app_version")?;
+    let locale = optional_str(&login.locale, "locale")?;
 
     check_chars("user_id", user_id, USER_ID_MAX_CHARS)?;
     check_chars("device_type", device_type, DEVICE_TYPE_MAX_CHARS)?;
@@ -188,14 +180,14 @@ pub fn utc_date(timestamp_ms: u64) -> Option<Date> {
     })
 }
 
-fn required_str<'a>(object: &'a Map<String, Value>, field: &str) -> Result<&'a str, Rejection> {
-    match object.get(field) {
-        Some(Value::String(text)) => Ok(text),
-        Some(Value::Null) => Err(Rejection::new(
+fn required_str<'a>(value: &'a Option<Field<'_>>, field: &str) -> Result<&'a str, Rejection> {
+    match value {
+        Some(Field::Str(text)) => Ok(text),
+        Some(Field::Null) => Err(Rejection::new(
             "null_field",
             format!("required field `{field}` is null"),
         )),
-        Some(other) => Err(wrong_type(field, other)),
+        Some(Field::Other(kind)) => Err(wrong_type(field, kind)),
         None => Err(Rejection::new(
             "missing_field",
             format!("required field `{field}` is missing"),
@@ -204,23 +196,20 @@ fn required_str<'a>(object: &'a Map<String, Value>, field: &str) -> Result<&'a s
 }
 
 fn optional_str<'a>(
-    object: &'a Map<String, Value>,
+    value: &'a Option<Field<'_>>,
     field: &str,
 ) -> Result<Option<&'a str>, Rejection> {
-    match object.get(field) {
-        Some(Value::String(text)) => Ok(Some(text)),
-        Some(Value::Null) | None => Ok(None),
-        Some(other) => Err(wrong_type(field, other)),
+    match value {
+        Some(Field::Str(text)) => Ok(Some(text)),
+        Some(Field::Null) | None => Ok(None),
+        Some(Field::Other(kind)) => Err(wrong_type(field, kind)),
     }
 }
 
-fn wrong_type(field: &str, value: &Value) -> Rejection {
+fn wrong_type(field: &str, kind: &str) -> Rejection {
     Rejection::new(
         "wrong_type",
-        format!(
-            "field `{field}` is a JSON {}, not a string",
-            json_kind(value)
-        ),
+        format!("field `{field}` is a JSON {kind}, not a string"),
     )
 }
 
@@ -234,14 +223,190 @@ fn check_chars(field: &str, text: &str, max: usize) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
+// --- Parsing -------------------------------------------------------------
+//
+// A message is parsed straight into the six fields it may carry, borrowing
+// from the body wherever JSON needs no unescaping: no tree of values, and
+// almost no allocation (which costs most inside wasm). Other keys are skipped;
+// a repeated key keeps its last value, as in serde_json's own maps.
+
+/// A login field as sent: a string, null, or some other JSON kind.
+enum Field<'a> {
+    Str(Cow<'a, str>),
+    Null,
+    Other(&'static str),
+}
+
+#[derive(Default)]
+struct Login<'a> {
+    user_id: Option<Field<'a>>,
+    device_type: Option<Field<'a>>,
+    ip: Option<Field<'a>>,
+    device_id: Option<Field<'a>>,
+    app_version: Option<Field<'a>>,
+    locale: Option<Field<'a>>,
+}
+
+fn parse(body: &str) -> Result<Login<'_>, Rejection> {
+    let invalid = |e: serde_json::Error| {
+        // serde_json's syntax errors carry a position, never the input text.
+        Rejection::new(
+            "invalid_json",
+            format!(
+                "body is not valid JSON ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
+        )
+    };
+    let mut deserializer = serde_json::Deserializer::from_str(body);
+    let top = deserializer.deserialize_any(TopVisitor).map_err(invalid)?;
+    deserializer.end().map_err(invalid)?;
+    match top {
+        Top::Object(login) => Ok(login),
+        Top::Other(kind) => Err(Rejection::new(
+            "not_an_object",
+            format!("body is JSON {kind}, not an object"),
+        )),
+    }
+}
+
+enum Top<'a> {
+    Object(Login<'a>),
+    Other(&'static str),
+}
+
+/// Accepts any JSON value: an object is read as a login, the rest is named.
+struct TopVisitor;
+
+impl<'de> Visitor<'de> for TopVisitor {
+    type Value = Top<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut login = Login::default();
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            let slot = match &*key.0 {
+                "user_id" => &mut login.user_id,
+                "device_type" => &mut login.device_type,
+                "ip" => &mut login.ip,
+                "device_id" => &mut login.device_id,
+                "app_version" => &mut login.app_version,
+                "locale" => &mut login.locale,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value::<FieldSeed<'de>>()?.0);
+        }
+        Ok(Top::Object(login))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Top::Other("array"))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Top::Other("string"))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Top::Other("boolean"))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Top::Other("number"))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Top::Other("number"))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Top::Other("number"))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Top::Other("null"))
+    }
+}
+
+/// An object key, borrowed when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(StrVisitor).map(Key)
+    }
+}
+
+struct StrVisitor;
+
+impl<'de> Visitor<'de> for StrVisitor {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(text))
+    }
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(text.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, text: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(text))
+    }
+}
+
+/// A field's value: its string, or the kind of whatever else it is.
+struct FieldSeed<'a>(Field<'a>);
+
+impl<'de> Deserialize<'de> for FieldSeed<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(FieldVisitor).map(FieldSeed)
+    }
+}
+
+struct FieldVisitor;
+
+impl<'de> Visitor<'de> for FieldVisitor {
+    type Value = Field<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
+        Ok(Field::Str(Cow::Borrowed(text)))
+    }
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        Ok(Field::Str(Cow::Owned(text.to_owned())))
+    }
+    fn visit_string<E: de::Error>(self, text: String) -> Result<Self::Value, E> {
+        Ok(Field::Str(Cow::Owned(text)))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Field::Null)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Field::Other("boolean"))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Field::Other("number"))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Field::Other("number"))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Field::Other("number"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Field::Other("array"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Field::Other("object"))
     }
 }
 

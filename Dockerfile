@@ -12,7 +12,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/maskpipe /usr/local/bin/maskpipe
 COPY --from=build /src/target/wasm32-wasip2/release/transform_wasm.wasm /opt/maskpipe/transform.wasm
-ENV MASKPIPE_TRANSFORM=/opt/maskpipe/transform.wasm
+ENV MASKPIPE_TRANSFORM=/opt/maskpipe/transform.wasm \
+    MASKPIPE_CACHE_DIR=/tmp/maskpipe-cache
 USER 65532:65532
 ENTRYPOINT ["maskpipe"]
 CMD ["run"]

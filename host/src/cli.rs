@@ -362,7 +362,7 @@ fn reveal(args: RevealArgs) -> Result<ExitCode> {
     })
 }
 
-async fn load_queue(queue: &str, file: &PathBuf, if_created: bool) -> Result<ExitCode> {
+async fn load_queue(queue: &str, file: &std::path::Path, if_created: bool) -> Result<ExitCode> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let bodies: Vec<&str> = text

@@ -32,6 +32,19 @@ pub struct Received {
     pub sent_timestamp_ms: u64,
 }
 
+impl Received {
+    /// A message that did not come from SQS (golden vectors, canaries,
+    /// benches): it has no receipt handle.
+    pub fn local(id: impl Into<String>, body: impl Into<String>, sent_timestamp_ms: u64) -> Self {
+        Self {
+            id: id.into(),
+            receipt_handle: String::new(),
+            body: body.into(),
+            sent_timestamp_ms,
+        }
+    }
+}
+
 /// How many messages wait and how many are in flight.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueDepth {

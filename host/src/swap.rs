@@ -106,12 +106,7 @@ fn canary(transform: &Arc<Transform>) -> Result<Validation> {
     let messages: Vec<Received> = CANARY_BODIES
         .lines()
         .enumerate()
-        .map(|(index, body)| Received {
-            id: format!("canary-{index}"),
-            receipt_handle: String::new(),
-            body: body.to_owned(),
-            sent_timestamp_ms: 1_670_839_200_000,
-        })
+        .map(|(index, body)| Received::local(format!("canary-{index}"), body, 1_670_839_200_000))
         .collect();
     let mut worker = transform.worker(vectors::test_keyring())?;
     for chunk in messages.chunks(crate::source::MAX_BATCH) {

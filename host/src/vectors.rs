@@ -92,12 +92,7 @@ fn parse_line(line: &str, line_no: usize, keyring: &Keyring) -> Result<Vector> {
     Ok(Vector {
         line: line_no,
         name: value["name"].as_str().unwrap_or("").to_owned(),
-        message: Received {
-            id: format!("vector-{line_no}"),
-            receipt_handle: String::new(),
-            body: body.to_owned(),
-            sent_timestamp_ms,
-        },
+        message: Received::local(format!("vector-{line_no}"), body, sent_timestamp_ms),
         expect,
     })
 }

@@ -155,12 +155,7 @@ proptest! {
         let messages: Vec<Received> = bodies
             .iter()
             .enumerate()
-            .map(|(i, body)| Received {
-                id: format!("p{i}"),
-                receipt_handle: String::new(),
-                body: body.clone(),
-                sent_timestamp_ms: sent,
-            })
+            .map(|(i, body)| Received::local(format!("p{i}"), body.as_str(), sent))
             .collect();
         let outcomes = worker.run(&messages).unwrap();
         prop_assert_eq!(outcomes.len(), messages.len());

@@ -41,12 +41,7 @@ fn the_sample_data_gives_99_rows_and_rejects_the_13th_message() {
     let messages: Vec<Received> = sample_bodies()
         .into_iter()
         .enumerate()
-        .map(|(index, body)| Received {
-            id: format!("m{index}"),
-            receipt_handle: String::new(),
-            body,
-            sent_timestamp_ms: 1_670_839_200_000,
-        })
+        .map(|(index, body)| Received::local(format!("m{index}"), body, 1_670_839_200_000))
         .collect();
     let mut outcomes = Vec::new();
     for batch in messages.chunks(10) {

@@ -130,24 +130,12 @@ async fn sqs_paused_mid_run_is_waited_out() {
     let bodies = unique_logins("sqspause", 4_000, 40);
     queue.send(&bodies).await.unwrap();
 
-    let mut command = maskpipe();
-    command
-        .args([
-            "run",
-            "--wait-seconds",
-            "1",
-            "--progress-seconds",
-            "0",
-            "--pollers",
-            "4",
-        ])
-        .args(["--queue", queue.queue_url(), "--database-url", &database])
-        .arg("--transform")
-        .arg(component_path())
-        .env("AWS_ENDPOINT_URL", &endpoint)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut host = command.spawn().unwrap();
+    let mut host = spawn_host_at(
+        Some(&endpoint),
+        queue.queue_url(),
+        &database,
+        &["--pollers", "4"],
+    );
     wait_for("the first rows", Duration::from_secs(60), async || {
         try_count(&database, "SELECT count(*) FROM maskpipe_processed").await >= 200
     })
@@ -195,24 +183,12 @@ async fn sqs_restarted_mid_run_is_reconnected() {
         .unwrap();
     queue.send(&unique_logins("before", 300, 3)).await.unwrap();
 
-    let mut command = maskpipe();
-    command
-        .args([
-            "run",
-            "--wait-seconds",
-            "1",
-            "--progress-seconds",
-            "0",
-            "--pollers",
-            "2",
-        ])
-        .args(["--queue", queue.queue_url(), "--database-url", &database])
-        .arg("--transform")
-        .arg(component_path())
-        .env("AWS_ENDPOINT_URL", &endpoint)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut host = command.spawn().unwrap();
+    let mut host = spawn_host_at(
+        Some(&endpoint),
+        queue.queue_url(),
+        &database,
+        &["--pollers", "2"],
+    );
     wait_for("the first messages", Duration::from_secs(60), async || {
         try_count(&database, "SELECT count(*) FROM maskpipe_processed").await >= 303
     })
@@ -293,21 +269,12 @@ async fn a_batch_slower_than_the_visibility_timeout_is_kept_invisible() {
         .unwrap();
     queue.send(&unique_logins("slow", 10, 0)).await.unwrap();
 
-    let mut command = maskpipe();
-    command
-        .args([
-            "run",
-            "--drain",
-            "--wait-seconds",
-            "1",
-            "--progress-seconds",
-            "0",
-            "--pollers",
-            "3",
-        ])
-        .args(["--queue", queue.queue_url(), "--database-url", &database])
-        .arg("--transform")
-        .arg(component_path());
+    let command = drain_command(
+        queue.queue_url(),
+        &database,
+        &component_path(),
+        &["--pollers", "3"],
+    );
     let host = tokio::spawn(run_with_limit(command, Duration::from_secs(60)));
     tokio::time::sleep(Duration::from_secs(6)).await;
     // Without the extension, SQS would have handed the batch to the other

@@ -10,10 +10,8 @@ use maskpipe::source::Received;
 
 fn message(id: &str) -> Received {
     Received {
-        id: id.into(),
         receipt_handle: format!("receipt-{id}"),
-        body: format!("{{\"id\": \"{id}\"}}"),
-        sent_timestamp_ms: 1_670_839_200_000,
+        ..Received::local(id, format!("{{\"id\": \"{id}\"}}"), 1_670_839_200_000)
     }
 }
 

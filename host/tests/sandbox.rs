@@ -37,12 +37,7 @@ fn received(bodies: &[String]) -> Vec<Received> {
     bodies
         .iter()
         .enumerate()
-        .map(|(index, body)| Received {
-            id: format!("m{index}"),
-            receipt_handle: String::new(),
-            body: body.clone(),
-            sent_timestamp_ms: 1_670_839_200_000,
-        })
+        .map(|(index, body)| Received::local(format!("m{index}"), body.as_str(), 1_670_839_200_000))
         .collect()
 }
 
@@ -133,30 +128,19 @@ async fn the_pipeline_stays_up_and_dead_letters_only_the_poison() {
     }
     queue.send(&bodies).await.unwrap();
 
-    let mut command = maskpipe();
-    command
-        .args([
-            "run",
-            "--drain",
-            "--wait-seconds",
-            "1",
-            "--progress-seconds",
-            "0",
+    let command = drain_command(
+        queue.queue_url(),
+        &database,
+        &fixture("fixture_hostile"),
+        &[
             "--pollers",
             "2",
-        ])
-        .args([
             "--transform-timeout-ms",
             "300",
             "--transform-memory-mib",
             "16",
-        ])
-        .arg("--queue")
-        .arg(queue.queue_url())
-        .arg("--database-url")
-        .arg(&database)
-        .arg("--transform")
-        .arg(fixture("fixture_hostile"));
+        ],
+    );
     let output = run_with_limit(command, Duration::from_secs(120)).await;
     assert!(
         output.status.success(),

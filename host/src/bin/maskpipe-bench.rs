@@ -15,7 +15,7 @@
 //! Sweeps: pollers 1..16, replicas 1..4, and N = 10k / 20k / 50k.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -155,11 +155,8 @@ fn received(bodies: &[String]) -> Vec<Received> {
     bodies
         .iter()
         .enumerate()
-        .map(|(index, body)| Received {
-            id: format!("bench-{index}"),
-            receipt_handle: String::new(),
-            body: body.clone(),
-            sent_timestamp_ms: 1_670_839_200_000,
+        .map(|(index, body)| {
+            Received::local(format!("bench-{index}"), body.as_str(), 1_670_839_200_000)
         })
         .collect()
 }
@@ -225,7 +222,7 @@ async fn run(args: Args) -> Result<()> {
 
 fn bench_transform(
     args: &Args,
-    component: &PathBuf,
+    component: &Path,
     keyring: &Arc<Keyring>,
     report: &mut Report,
 ) -> Result<()> {
@@ -416,7 +413,7 @@ struct HostRun {
 }
 
 async fn host_drain(
-    component: &PathBuf,
+    component: &Path,
     queue: &SqsSource,
     database: &str,
     pollers: usize,
@@ -550,7 +547,7 @@ async fn noop_drain(queue: &SqsSource, consumers: usize) -> Result<(f64, f64)> {
 
 async fn bench_end_to_end(
     args: &Args,
-    component: &PathBuf,
+    component: &Path,
     admin_url: &str,
     report: &mut Report,
 ) -> Result<()> {
@@ -610,7 +607,7 @@ async fn bench_end_to_end(
 
 async fn sweeps(
     args: &Args,
-    component: &PathBuf,
+    component: &Path,
     admin_url: &str,
     report: &mut Report,
 ) -> Result<()> {

@@ -122,8 +122,13 @@ pub fn maskpipe() -> tokio::process::Command {
     command
 }
 
-/// `maskpipe run --drain` on a queue and database, with a time limit.
-pub async fn drain(queue: &SqsSource, database_url: &str, extra: &[&str]) -> Output {
+/// `maskpipe run --drain` with `component` on a queue and database.
+pub fn drain_command(
+    queue_url: &str,
+    database_url: &str,
+    component: &std::path::Path,
+    extra: &[&str],
+) -> tokio::process::Command {
     let mut command = maskpipe();
     command
         .args([
@@ -134,13 +139,16 @@ pub async fn drain(queue: &SqsSource, database_url: &str, extra: &[&str]) -> Out
             "--progress-seconds",
             "0",
         ])
-        .arg("--queue")
-        .arg(queue.queue_url())
-        .arg("--database-url")
-        .arg(database_url)
+        .args(["--queue", queue_url, "--database-url", database_url])
         .arg("--transform")
-        .arg(component_path())
+        .arg(component)
         .args(extra);
+    command
+}
+
+/// `maskpipe run --drain` on a queue and database, with a time limit.
+pub async fn drain(queue: &SqsSource, database_url: &str, extra: &[&str]) -> Output {
+    let command = drain_command(queue.queue_url(), database_url, &component_path(), extra);
     run_with_limit(command, Duration::from_secs(120)).await
 }
 
@@ -181,16 +189,29 @@ pub async fn try_count(url: &str, sql: &str) -> i64 {
 
 /// `maskpipe run` (not draining) as a child process.
 pub fn spawn_host(queue_url: &str, database_url: &str, extra: &[&str]) -> tokio::process::Child {
-    maskpipe()
+    spawn_host_at(None, queue_url, database_url, extra)
+}
+
+/// [`spawn_host`] against an SQS endpoint of its own (a private server).
+pub fn spawn_host_at(
+    endpoint: Option<&str>,
+    queue_url: &str,
+    database_url: &str,
+    extra: &[&str],
+) -> tokio::process::Child {
+    let mut command = maskpipe();
+    command
         .args(["run", "--wait-seconds", "1", "--progress-seconds", "0"])
         .args(["--queue", queue_url, "--database-url", database_url])
         .arg("--transform")
         .arg(component_path())
         .args(extra)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("maskpipe could not be started")
+        .stderr(std::process::Stdio::null());
+    if let Some(endpoint) = endpoint {
+        command.env("AWS_ENDPOINT_URL", endpoint);
+    }
+    command.spawn().expect("maskpipe could not be started")
 }
 
 /// `count` valid logins with unique user ids, and `malformed` bad messages.
@@ -315,19 +336,7 @@ impl Drop for PrivateStack {
 pub async fn drain_until_empty(queue: &SqsSource, database: &str, endpoint: Option<&str>) {
     let started = Instant::now();
     loop {
-        let mut command = maskpipe();
-        command
-            .args([
-                "run",
-                "--drain",
-                "--wait-seconds",
-                "1",
-                "--progress-seconds",
-                "0",
-            ])
-            .args(["--queue", queue.queue_url(), "--database-url", database])
-            .arg("--transform")
-            .arg(component_path());
+        let mut command = drain_command(queue.queue_url(), database, &component_path(), &[]);
         if let Some(endpoint) = endpoint {
             command.env("AWS_ENDPOINT_URL", endpoint);
         }

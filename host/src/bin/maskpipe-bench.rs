@@ -605,12 +605,7 @@ async fn bench_end_to_end(
     Ok(())
 }
 
-async fn sweeps(
-    args: &Args,
-    component: &Path,
-    admin_url: &str,
-    report: &mut Report,
-) -> Result<()> {
+async fn sweeps(args: &Args, component: &Path, admin_url: &str, report: &mut Report) -> Result<()> {
     const SWEEP_MESSAGES: usize = 10_000;
     let bodies = generate(SWEEP_MESSAGES, args.seed);
 

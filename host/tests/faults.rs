@@ -16,6 +16,17 @@ use common::*;
 use maskpipe::source::SqsSource;
 use rand::{Rng, SeedableRng};
 
+/// A private LocalStack with one queue: for tests that stop the server.
+async fn private_sqs(slot: u16, queue: &str) -> (PrivateStack, String, SqsSource) {
+    let private = PrivateStack::new(slot);
+    private.stack("sqs-up");
+    let endpoint = private.sqs_endpoint();
+    let (queue, _) = SqsSource::create_with(SqsSource::client_at(&endpoint).await, queue)
+        .await
+        .unwrap();
+    (private, endpoint, queue)
+}
+
 fn signal(child: &tokio::process::Child, name: &str) {
     let pid = child.id().expect("running").to_string();
     assert!(
@@ -120,13 +131,8 @@ async fn postgres_stopped_mid_run_is_waited_out() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sqs_paused_mid_run_is_waited_out() {
-    let private = PrivateStack::new(1);
-    private.stack("sqs-up");
-    let endpoint = private.sqs_endpoint();
+    let (private, endpoint, queue) = private_sqs(1, "paused").await;
     let database = fresh_database().await;
-    let (queue, _) = SqsSource::create_with(SqsSource::client_at(&endpoint).await, "paused")
-        .await
-        .unwrap();
     let bodies = unique_logins("sqspause", 4_000, 40);
     queue.send(&bodies).await.unwrap();
 
@@ -174,13 +180,8 @@ async fn sqs_paused_mid_run_is_waited_out() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sqs_restarted_mid_run_is_reconnected() {
-    let private = PrivateStack::new(2);
-    private.stack("sqs-up");
-    let endpoint = private.sqs_endpoint();
+    let (private, endpoint, queue) = private_sqs(2, "restarted").await;
     let database = fresh_database().await;
-    let (queue, _) = SqsSource::create_with(SqsSource::client_at(&endpoint).await, "restarted")
-        .await
-        .unwrap();
     queue.send(&unique_logins("before", 300, 3)).await.unwrap();
 
     let mut host = spawn_host_at(

@@ -142,10 +142,10 @@ localstack_up() {
     mkdir -p "$data/localstack"
     (
         cd "$data/localstack"
-        GATEWAY_SERVER=hypercorn GATEWAY_LISTEN="127.0.0.1:$ls_port" LOCALSTACK_HOST="127.0.0.1:$ls_port" \
+        GATEWAY_SERVER=twisted GATEWAY_LISTEN="127.0.0.1:$ls_port" LOCALSTACK_HOST="127.0.0.1:$ls_port" \
         SQS_ENDPOINT_STRATEGY=off SERVICES=sqs EAGER_SERVICE_LOADING=1 DNS_ADDRESS=0 \
         LOCALSTACK_VOLUME_DIR="$data/localstack/volume" SKIP_SSL_CERT_DOWNLOAD=1 DISABLE_EVENTS=1 \
-            nohup setsid "$venv/bin/python" -m localstack.runtime.main >"$data/localstack/server.log" 2>&1 &
+            nohup setsid "$venv/bin/python" "$root/scripts/localstack-loopback.py" >"$data/localstack/server.log" 2>&1 &
         echo $! >"$data/localstack/pid"
     )
     local i

@@ -46,6 +46,9 @@ struct Args {
     /// Skip the sweeps (pollers, replicas, N).
     #[arg(long)]
     no_sweeps: bool,
+    /// Run only this stage (for profiling one stage: `perf record -g -- maskpipe-bench --only transform`).
+    #[arg(long, value_enum)]
+    only: Option<Stage>,
     /// Only print a generated data set of this many messages (JSON Lines).
     #[arg(long, value_name = "N")]
     generate: Option<usize>,
@@ -54,6 +57,13 @@ struct Args {
     seed: u64,
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Transform,
+    Sink,
+    EndToEnd,
 }
 
 const BENCH_KEY: &str = "62656e63686d61726b206b6579202d207075626c6963202d206e6f7420726561";
@@ -204,10 +214,17 @@ async fn run(args: Args) -> Result<()> {
         args.seed
     ));
 
-    bench_transform(&args, &component, &keyring, &mut report)?;
-    bench_sink(&args, &admin_url, &keyring, &mut report).await?;
-    bench_end_to_end(&args, &component, &admin_url, &mut report).await?;
-    if !args.no_sweeps {
+    let wanted = |stage: Stage| args.only.is_none_or(|only| only == stage);
+    if wanted(Stage::Transform) {
+        bench_transform(&args, &component, &keyring, &mut report)?;
+    }
+    if wanted(Stage::Sink) {
+        bench_sink(&args, &admin_url, &keyring, &mut report).await?;
+    }
+    if wanted(Stage::EndToEnd) {
+        bench_end_to_end(&args, &component, &admin_url, &mut report).await?;
+    }
+    if !args.no_sweeps && args.only.is_none() {
         sweeps(&args, &component, &admin_url, &mut report).await?;
     }
 

@@ -108,6 +108,47 @@ fn each_kind_of_misbehaviour_costs_only_its_own_message() {
 }
 
 #[test]
+fn a_slow_batch_is_handed_from_the_brief_run_to_the_full_deadline() {
+    let engine = runtime::engine().unwrap();
+    // SLOW spins for about 0.25 s here: a generous deadline keeps a loaded
+    // machine from turning it into a trap.
+    let limits = Limits {
+        deadline: Duration::from_secs(10),
+        ..Limits::default()
+    };
+    let transform =
+        Arc::new(Transform::load(&engine, &fixture("fixture_hostile"), limits).unwrap());
+    let mut worker = transform.worker(keyring()).unwrap();
+    let fast = received(&[login("ok-1"), login("ok-2")]);
+    let slow = received(&[login("ok-1"), login("SLOW"), login("ok-2")]);
+
+    let outcomes = worker
+        .run_briefly(&fast)
+        .unwrap()
+        .expect("a fast batch runs briefly");
+    assert_eq!(codes(&outcomes), ["row", "row"]);
+
+    let started = std::time::Instant::now();
+    assert!(worker.run_briefly(&slow).unwrap().is_none());
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "the brief run held the thread for {:?}",
+        started.elapsed()
+    );
+    // Handed back, the batch completes under the full deadline, and the
+    // recycled instance serves brief runs again.
+    assert_eq!(codes(&worker.run(&slow).unwrap()), ["row", "row", "row"]);
+    assert!(worker.run_briefly(&fast).unwrap().is_some());
+    // A loop is handed back too, never run to the end here.
+    assert!(
+        worker
+            .run_briefly(&received(&[login("LOOP")]))
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
 fn a_component_that_reads_files_is_refused_at_load() {
     let engine = runtime::engine().unwrap();
     let error = Transform::load(&engine, &fixture("fixture_fs_reader"), Limits::default())

@@ -282,8 +282,9 @@ impl Worker {
     /// Transforms a batch only if it completes, without a trap, within
     /// [`BRIEF_TICKS`] epoch ticks (10–20 ms): `None` otherwise, with the
     /// instance recycled, and the batch is then for [`Worker::run`] on a
-    /// thread that may block. Transforms are pure functions of their input,
-    /// so running a batch again gives the same outcomes.
+    /// thread that may block. Nothing of the abandoned attempt is kept (no
+    /// outcome leaves a call that did not complete), so the batch is
+    /// processed once.
     ///
     /// Typical batches take tens of microseconds; this lets an async thread
     /// run them directly instead of paying two thread hand-offs per batch,

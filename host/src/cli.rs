@@ -326,11 +326,20 @@ fn process_usage() -> Option<(f64, f64)> {
     // SAFETY: initialised by the successful call above.
     let usage = unsafe { usage.assume_init() };
     let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    // Linux reports ru_maxrss in KiB.
+    // Linux's ru_maxrss (KiB) survives exec: a process spawned by a large
+    // parent reports the parent's peak. VmHWM belongs to this image alone.
+    let peak_kib = vm_hwm_kib().unwrap_or(usage.ru_maxrss as f64);
     Some((
         seconds(usage.ru_utime) + seconds(usage.ru_stime),
-        usage.ru_maxrss as f64 / 1024.0,
+        peak_kib / 1024.0,
     ))
+}
+
+/// Peak resident set size of this process image, from `/proc` (Linux).
+fn vm_hwm_kib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|line| line.strip_prefix("VmHWM:"))?;
+    line.trim().strip_suffix("kB")?.trim().parse().ok()
 }
 
 fn reveal(args: RevealArgs) -> Result<ExitCode> {
@@ -386,5 +395,22 @@ fn truncate(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((index, _)) => format!("{}…", &text[..index]),
         None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn peak_rss_is_read_from_proc() {
+        let ballast = vec![1u8; 8 << 20];
+        std::hint::black_box(&ballast);
+        let kib = vm_hwm_kib().expect("VmHWM in /proc/self/status");
+        assert!(kib >= 8.0 * 1024.0, "{kib} KiB");
+        // The summary reports the same (monotonic) figure, read a moment later.
+        let (_, peak_mib) = process_usage().expect("getrusage");
+        assert!(peak_mib * 1024.0 >= kib, "{peak_mib} MiB < {kib} KiB");
     }
 }

@@ -454,6 +454,8 @@ async fn host_drain(
                 ])
                 .args(["--pollers", &pollers.to_string()])
                 .args(["--queue", queue.queue_url(), "--database-url", database])
+                // Metrics on, as in production, on a port of each replica's own.
+                .args(["--metrics-addr", "127.0.0.1:0"])
                 .arg("--transform")
                 .arg(component)
                 .env("MASKPIPE_MASTER_KEY", BENCH_KEY)

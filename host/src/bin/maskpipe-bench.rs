@@ -40,8 +40,9 @@ struct Args {
     /// Messages for the end-to-end comparison.
     #[arg(long, default_value_t = 20_000)]
     messages: usize,
-    /// Pollers (and no-op consumer tasks) for the end-to-end comparison.
-    #[arg(long, default_value_t = 8)]
+    /// Pollers (and no-op consumer tasks) for the end-to-end comparison;
+    /// default: the host's own default.
+    #[arg(long, default_value_t = 4)]
     pollers: usize,
     /// Skip the sweeps (pollers, replicas, N).
     #[arg(long)]

@@ -16,7 +16,6 @@ use crate::masking::MasterKey;
 use crate::ops;
 use crate::pipeline::{Pipeline, Summary};
 use crate::runtime::{self, short};
-use crate::sink::redact_url;
 use crate::source::SqsSource;
 use crate::swap::{self, Reloader, SwapStats};
 
@@ -175,7 +174,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let source = SqsSource::connect(&args.queue).await?;
     tracing::info!(
         queue = source.queue_url(),
-        database = %redact_url(&settings.database_url),
+        database = %settings.database.redacted(),
         pollers = settings.pollers,
         key_id = keyring.current_key_id(),
         "starting{}",
@@ -192,7 +191,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
             ops::OpsState {
                 metrics: metrics_handle,
                 source: source.clone(),
-                database_url: settings.database_url.clone(),
+                database: settings.database.clone(),
                 transform: published.clone(),
             },
         )
@@ -338,7 +337,9 @@ fn process_usage() -> Option<(f64, f64)> {
 /// Peak resident set size of this process image, from `/proc` (Linux).
 fn vm_hwm_kib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find_map(|line| line.strip_prefix("VmHWM:"))?;
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?;
     line.trim().strip_suffix("kB")?.trim().parse().ok()
 }
 

@@ -14,6 +14,7 @@ use clap::Args;
 use crate::masking::{Keyring, MasterKey, parse_retired_keys};
 use crate::pipeline::Settings;
 use crate::runtime::Limits;
+use crate::sink::Database;
 use crate::source::{MAX_BATCH, MAX_WAIT_SECONDS};
 
 /// The masking keys.
@@ -74,6 +75,13 @@ pub struct RunArgs {
         value_name = "URL"
     )]
     pub database_url: String,
+
+    /// PEM file of the CA that PostgreSQL's certificate must chain to (and
+    /// name the URL's host). Unset: TLS, when the URL's `sslmode` uses it
+    /// (`prefer`, the default, or `require`), encrypts without
+    /// authenticating the server, as libpq does.
+    #[arg(long, env = "MASKPIPE_DATABASE_CA", value_name = "PEM")]
+    pub database_ca: Option<PathBuf>,
 
     /// The transform component (.wasm).
     #[arg(long, env = "MASKPIPE_TRANSFORM", value_name = "PATH")]
@@ -163,7 +171,7 @@ impl RunArgs {
             pollers: self.pollers.into(),
             batch_size: self.batch_size.into(),
             wait_seconds: self.wait_seconds.into(),
-            database_url: self.database_url.clone(),
+            database: Database::new(&self.database_url, self.database_ca.as_deref())?,
             drain: self.drain,
             progress_every: (self.progress_seconds > 0)
                 .then(|| Duration::from_secs(self.progress_seconds)),

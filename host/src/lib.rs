@@ -12,7 +12,8 @@
 //! * [`runtime`]: loads and sandboxes the transform component; runs batches.
 //! * [`masking`]: deterministic, reversible masking and dead-letter sealing.
 //! * [`record`]: rows and rejections, and the `user_logins` column limits.
-//! * [`sink`]: one transaction per batch: ledger, rows, dead letters.
+//! * [`sink`]: one transaction per batch: ledger, rows, dead letters;
+//!   [`tls`]: how its connections are secured.
 //! * [`pipeline`]: the pollers that drive a batch through all of the above.
 //! * [`swap`]: which component runs: validation, file watching, hot swap.
 //! * [`ops`]: Prometheus metrics, `/healthz` and `/readyz`.
@@ -30,4 +31,5 @@ pub mod runtime;
 pub mod sink;
 pub mod source;
 pub mod swap;
+pub mod tls;
 pub mod vectors;

@@ -109,7 +109,7 @@ pub async fn sample_queue_depth(source: SqsSource) {
 pub struct OpsState {
     pub metrics: PrometheusHandle,
     pub source: SqsSource,
-    pub database_url: String,
+    pub database: crate::sink::Database,
     pub transform: watch::Receiver<Arc<Transform>>,
 }
 
@@ -139,7 +139,7 @@ async fn render_metrics(State(state): State<OpsState>) -> String {
 
 async fn readiness(State(state): State<OpsState>) -> (StatusCode, String) {
     let sqs = tokio::time::timeout(CHECK_TIMEOUT, state.source.depth()).await;
-    let postgres = tokio::time::timeout(CHECK_TIMEOUT, check_postgres(&state.database_url)).await;
+    let postgres = tokio::time::timeout(CHECK_TIMEOUT, check_postgres(&state.database)).await;
     let digest = state.transform.borrow().digest().to_owned();
     let mut ready = true;
     let mut report = String::new();
@@ -174,7 +174,7 @@ async fn readiness(State(state): State<OpsState>) -> (StatusCode, String) {
     (status, report)
 }
 
-async fn check_postgres(url: &str) -> Result<()> {
-    let sink = crate::sink::PgSink::connect(url).await?;
+async fn check_postgres(database: &crate::sink::Database) -> Result<()> {
+    let sink = crate::sink::PgSink::connect(database).await?;
     sink.ping().await
 }

@@ -21,7 +21,7 @@ use crate::masking::Keyring;
 use crate::ops;
 use crate::record::Outcome;
 use crate::runtime::{Transform, Worker};
-use crate::sink::{PgSink, Processed, WriteReport};
+use crate::sink::{Database, PgSink, Processed, WriteReport};
 use crate::source::{Received, SqsSource};
 
 /// How a pipeline runs (see `config` for the settings behind these).
@@ -30,7 +30,7 @@ pub struct Settings {
     pub pollers: usize,
     pub batch_size: usize,
     pub wait_seconds: i32,
-    pub database_url: String,
+    pub database: Database,
     /// Exit once the queue is empty instead of polling forever.
     pub drain: bool,
     /// How often to log progress; `None` logs none.
@@ -170,7 +170,7 @@ impl Pipeline {
             Some(timeout) => timeout,
             None => Duration::from_secs(self.source.visibility_timeout().await?.max(1) as u64),
         };
-        let mut first_sink = PgSink::connect(&self.settings.database_url).await?;
+        let mut first_sink = PgSink::connect(&self.settings.database).await?;
         first_sink.ensure_schema().await?;
         let mut first_sink = Some(first_sink);
 
@@ -419,7 +419,7 @@ impl Poller {
             Some(sink) => sink,
             None => self
                 .sink
-                .insert(PgSink::connect(&self.shared.settings.database_url).await?),
+                .insert(PgSink::connect(&self.shared.settings.database).await?),
         };
         sink.write_batch(batch, digest, &self.shared.keyring).await
     }

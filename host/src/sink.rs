@@ -12,7 +12,8 @@
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, NaiveDate, Utc};
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::masking::Keyring;
 use crate::record::Outcome;
@@ -107,6 +108,35 @@ SELECT (SELECT count(*) FROM claimed),
        (SELECT coalesce(array_agg(reason), '{}') FROM new_dead_letters)
 ";
 
+/// The target database: where it is and how its connections are secured
+/// (see [`crate::tls`]).
+#[derive(Clone)]
+pub struct Database {
+    url: String,
+    tls: MakeRustlsConnect,
+}
+
+impl Database {
+    /// `ca_file`: the CA the server's certificate must chain to, if any.
+    pub fn new(url: &str, ca_file: Option<&std::path::Path>) -> Result<Self> {
+        Ok(Self {
+            url: url.to_owned(),
+            tls: crate::tls::connector(ca_file)?,
+        })
+    }
+
+    /// The connection string with its password hidden, for logs and errors.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
 /// A connection to the target database.
 pub struct PgSink {
     client: Client,
@@ -116,10 +146,10 @@ pub struct PgSink {
 
 impl PgSink {
     /// Connects; the connection runs on its own task until the client drops.
-    pub async fn connect(url: &str) -> Result<Self> {
-        let (client, connection) = tokio_postgres::connect(url, NoTls)
+    pub async fn connect(database: &Database) -> Result<Self> {
+        let (client, connection) = tokio_postgres::connect(&database.url, database.tls.clone())
             .await
-            .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(url)))?;
+            .with_context(|| format!("cannot connect to PostgreSQL at {}", database.redacted()))?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::warn!("PostgreSQL connection closed: {error}");

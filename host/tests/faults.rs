@@ -261,7 +261,8 @@ async fn a_batch_slower_than_the_visibility_timeout_is_kept_invisible() {
     set_visibility_timeout(&queue, None, 2).await;
     // Create the tables, then hold a lock that blocks inserts into user_logins:
     // the first batch's transaction waits on it for 6 s, three timeouts.
-    let mut sink = maskpipe::sink::PgSink::connect(&database).await.unwrap();
+    let target = maskpipe::sink::Database::new(&database, None).unwrap();
+    let mut sink = maskpipe::sink::PgSink::connect(&target).await.unwrap();
     sink.ensure_schema().await.unwrap();
     let mut blocker = query_client(&database).await;
     let lock = blocker.transaction().await.unwrap();

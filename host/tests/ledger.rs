@@ -5,7 +5,7 @@ mod common;
 use chrono::NaiveDate;
 use common::*;
 use maskpipe::record::{Outcome, Rejection, Row};
-use maskpipe::sink::{PgSink, Processed};
+use maskpipe::sink::{Database, PgSink, Processed};
 use maskpipe::source::Received;
 
 fn message(id: &str) -> Received {
@@ -30,7 +30,9 @@ fn row(user: &str) -> Outcome {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redelivered_message_adds_no_second_row_or_dead_letter() {
     let url = fresh_database().await;
-    let mut sink = PgSink::connect(&url).await.unwrap();
+    let mut sink = PgSink::connect(&Database::new(&url, None).unwrap())
+        .await
+        .unwrap();
     sink.ensure_schema().await.unwrap();
     // Creating the schema twice is harmless.
     sink.ensure_schema().await.unwrap();
@@ -94,7 +96,9 @@ async fn a_redelivered_message_adds_no_second_row_or_dead_letter() {
 #[tokio::test(flavor = "multi_thread")]
 async fn user_logins_keeps_the_exact_take_home_ddl() {
     let url = fresh_database().await;
-    let mut sink = PgSink::connect(&url).await.unwrap();
+    let mut sink = PgSink::connect(&Database::new(&url, None).unwrap())
+        .await
+        .unwrap();
     sink.ensure_schema().await.unwrap();
     let db = query_client(&url).await;
     let columns: Vec<(String, String, Option<i32>, String)> = db

@@ -25,7 +25,7 @@ use login_core::MaskBoth;
 use maskpipe::masking::{Keyring, MasterKey};
 use maskpipe::record::{Outcome, Row};
 use maskpipe::runtime::{self, Limits, Transform};
-use maskpipe::sink::{PgSink, Processed};
+use maskpipe::sink::{Database, PgSink, Processed};
 use maskpipe::source::{Received, SqsSource};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -350,7 +350,7 @@ async fn bench_sink(
     let outcomes = Arc::new(outcomes);
     let mut rates = Vec::new();
     for run in 0..args.runs {
-        let url = fresh_database(admin_url, "sink").await?;
+        let url = Database::new(&fresh_database(admin_url, "sink").await?, None)?;
         PgSink::connect(&url).await?.ensure_schema().await?;
         let messages = Arc::new(
             received(&bodies)

@@ -305,6 +305,11 @@ impl PrivateStack {
         format!("postgres://postgres@127.0.0.1:{}/maskpipe", self.pg_port)
     }
 
+    /// Its own directory, removed with it.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     pub fn sqs_endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.sqs_port)
     }

@@ -141,30 +141,10 @@ async fn readiness(State(state): State<OpsState>) -> (StatusCode, String) {
     let sqs = tokio::time::timeout(CHECK_TIMEOUT, state.source.depth()).await;
     let postgres = tokio::time::timeout(CHECK_TIMEOUT, check_postgres(&state.database)).await;
     let digest = state.transform.borrow().digest().to_owned();
-    let mut ready = true;
     let mut report = String::new();
-    match sqs {
-        Ok(Ok(_)) => report.push_str("sqs: ok\n"),
-        Ok(Err(error)) => {
-            ready = false;
-            report.push_str(&format!("sqs: {error:#}\n"));
-        }
-        Err(_) => {
-            ready = false;
-            report.push_str("sqs: timed out\n");
-        }
-    }
-    match postgres {
-        Ok(Ok(())) => report.push_str("postgres: ok\n"),
-        Ok(Err(error)) => {
-            ready = false;
-            report.push_str(&format!("postgres: {error:#}\n"));
-        }
-        Err(_) => {
-            ready = false;
-            report.push_str("postgres: timed out\n");
-        }
-    }
+    let sqs_ok = check_line(&mut report, "sqs", sqs.map(|result| result.map(drop)));
+    let postgres_ok = check_line(&mut report, "postgres", postgres);
+    let ready = sqs_ok && postgres_ok;
     report.push_str(&format!("transform: sha256:{digest}\n"));
     let status = if ready {
         StatusCode::OK
@@ -172,6 +152,21 @@ async fn readiness(State(state): State<OpsState>) -> (StatusCode, String) {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, report)
+}
+
+/// Appends `NAME: ok` or why not to a readiness report; true when ok.
+fn check_line(
+    report: &mut String,
+    name: &str,
+    outcome: Result<Result<()>, tokio::time::error::Elapsed>,
+) -> bool {
+    let (ok, line) = match outcome {
+        Ok(Ok(())) => (true, "ok".to_owned()),
+        Ok(Err(error)) => (false, format!("{error:#}")),
+        Err(_) => (false, "timed out".to_owned()),
+    };
+    report.push_str(&format!("{name}: {line}\n"));
+    ok
 }
 
 async fn check_postgres(database: &crate::sink::Database) -> Result<()> {

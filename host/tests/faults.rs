@@ -103,10 +103,7 @@ async fn postgres_stopped_mid_run_is_waited_out() {
     queue.send(&bodies).await.unwrap();
 
     let mut host = spawn_host(queue.queue_url(), &database, &["--pollers", "4", "--drain"]);
-    wait_for("the first rows", Duration::from_secs(60), async || {
-        try_count(&database, "SELECT count(*) FROM maskpipe_processed").await >= 200
-    })
-    .await;
+    wait_until_processed(&database, 200, Duration::from_secs(60)).await;
     private.stack("postgres-down");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
@@ -142,10 +139,7 @@ async fn sqs_paused_mid_run_is_waited_out() {
         &database,
         &["--pollers", "4"],
     );
-    wait_for("the first rows", Duration::from_secs(60), async || {
-        try_count(&database, "SELECT count(*) FROM maskpipe_processed").await >= 200
-    })
-    .await;
+    wait_until_processed(&database, 200, Duration::from_secs(60)).await;
     // Freeze the server: requests hang, then time out, as in a network fault.
     let pid = private.localstack_pid();
     std::process::Command::new("kill")
@@ -164,10 +158,7 @@ async fn sqs_paused_mid_run_is_waited_out() {
         "the host exited while SQS was paused"
     );
 
-    wait_for("every message", Duration::from_secs(120), async || {
-        try_count(&database, "SELECT count(*) FROM maskpipe_processed").await >= 4_040
-    })
-    .await;
+    wait_until_processed(&database, 4_040, Duration::from_secs(120)).await;
     signal(&host, "-TERM");
     let status = tokio::time::timeout(Duration::from_secs(60), host.wait())
         .await
@@ -190,10 +181,7 @@ async fn sqs_restarted_mid_run_is_reconnected() {
         &database,
         &["--pollers", "2"],
     );
-    wait_for("the first messages", Duration::from_secs(60), async || {
-        try_count(&database, "SELECT count(*) FROM maskpipe_processed").await >= 303
-    })
-    .await;
+    wait_until_processed(&database, 303, Duration::from_secs(60)).await;
 
     // LocalStack's community edition keeps no state across a restart: the
     // queue comes back empty and is created again under the same URL.
@@ -211,12 +199,7 @@ async fn sqs_restarted_mid_run_is_reconnected() {
         "the host exited while SQS was down"
     );
 
-    wait_for(
-        "the messages sent after the restart",
-        Duration::from_secs(120),
-        async || try_count(&database, "SELECT count(*) FROM maskpipe_processed").await >= 606,
-    )
-    .await;
+    wait_until_processed(&database, 606, Duration::from_secs(120)).await;
     signal(&host, "-TERM");
     let status = tokio::time::timeout(Duration::from_secs(60), host.wait())
         .await
@@ -233,10 +216,7 @@ async fn sigterm_finishes_in_flight_batches_and_exits_0_promptly() {
     queue.send(&unique_logins("term", 2_000, 20)).await.unwrap();
 
     let mut host = spawn_host(queue.queue_url(), &database, &["--pollers", "4"]);
-    wait_for("the first rows", Duration::from_secs(60), async || {
-        try_count(&database, "SELECT count(*) FROM maskpipe_processed").await >= 200
-    })
-    .await;
+    wait_until_processed(&database, 200, Duration::from_secs(60)).await;
     let asked = Instant::now();
     signal(&host, "-TERM");
     let status = tokio::time::timeout(Duration::from_secs(30), host.wait())

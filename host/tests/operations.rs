@@ -71,12 +71,7 @@ async fn metrics_and_probes_report_the_run_without_pii() {
     queue.send(&bodies).await.unwrap();
     let (mut host, addr) = host_with_metrics(queue.queue_url(), &database).await;
 
-    wait_for(
-        "the sample to be processed",
-        Duration::from_secs(60),
-        async || try_count(&database, "SELECT count(*) FROM maskpipe_processed").await >= 100,
-    )
-    .await;
+    wait_until_processed(&database, 100, Duration::from_secs(60)).await;
     assert_eq!(get(&addr, "/healthz").await, (200, "ok\n".to_owned()));
     let (status, readiness) = get(&addr, "/readyz").await;
     assert_eq!(status, 200, "{readiness}");
@@ -153,12 +148,7 @@ async fn three_hosts_share_a_queue_exactly_once_even_when_one_is_killed() {
     let mut hosts: Vec<_> = (0..3)
         .map(|_| spawn_host(queue.queue_url(), &database, &extra))
         .collect();
-    wait_for(
-        "a third of the work",
-        Duration::from_secs(120),
-        async || try_count(&database, "SELECT count(*) FROM maskpipe_processed").await >= 2_000,
-    )
-    .await;
+    wait_until_processed(&database, 2_000, Duration::from_secs(120)).await;
     // One replica dies mid-batch; its in-flight messages come back to the
     // others after the visibility timeout.
     hosts[0].start_kill().unwrap();
@@ -166,12 +156,7 @@ async fn three_hosts_share_a_queue_exactly_once_even_when_one_is_killed() {
     let at_kill = try_count(&database, "SELECT count(*) FROM maskpipe_processed").await;
     assert!(at_kill < 6_060, "the kill came after the work was done");
 
-    wait_for(
-        "the survivors to finish",
-        Duration::from_secs(180),
-        async || try_count(&database, "SELECT count(*) FROM maskpipe_processed").await >= 6_060,
-    )
-    .await;
+    wait_until_processed(&database, 6_060, Duration::from_secs(180)).await;
     for host in &mut hosts[1..] {
         let pid = host.id().unwrap().to_string();
         std::process::Command::new("kill")

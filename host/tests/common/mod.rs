@@ -172,6 +172,16 @@ pub async fn wait_for(what: &str, limit: Duration, mut done: impl AsyncFnMut() -
     }
 }
 
+/// Waits until the ledger of `database` holds at least `at_least` messages.
+pub async fn wait_until_processed(database: &str, at_least: i64, limit: Duration) {
+    wait_for(
+        &format!("{at_least} messages processed"),
+        limit,
+        async || try_count(database, "SELECT count(*) FROM maskpipe_processed").await >= at_least,
+    )
+    .await;
+}
+
 /// A count that tolerates a database that is down (0 then).
 pub async fn try_count(url: &str, sql: &str) -> i64 {
     match tokio_postgres::connect(url, tokio_postgres::NoTls).await {

@@ -291,7 +291,9 @@ impl Worker {
     /// while a slow or hostile transform still never holds it for long.
     pub fn run_briefly(&mut self, messages: &[Received]) -> Result<Option<Vec<Outcome>>> {
         let inputs: Vec<wit::Message<'_>> = messages.iter().map(to_wit).collect();
-        match self.call_within(&inputs, BRIEF_TICKS) {
+        // Never more than the full deadline, should that be shorter.
+        let ticks = BRIEF_TICKS.min(self.transform.deadline_ticks());
+        match self.call_within(&inputs, ticks) {
             Ok(outcomes) => Ok(Some(outcomes)),
             Err(_) => {
                 self.recycle()?;

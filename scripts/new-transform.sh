@@ -36,22 +36,24 @@ TOML
 
 cat >"$dir/src/lib.rs" <<RUST
 //! The $name transform. Validation and normalization are login-core's; the
-//! policy below decides what \`masked_ip\` and \`masked_device_id\` hold. It
-//! starts as the reference policy: reversible masking through the host.
+//! policy below decides how \`masked_ip\` and \`masked_device_id\` are
+//! protected. It starts as the reference policy: the host masks both
+//! reversibly. The alternatives are \`Protected::Pseudonymized\` (keyed,
+//! irreversible) and \`Protected::Clear\` (a value you made harmless).
 
 use std::net::IpAddr;
 
-use login_core::Protect;
+use login_core::{Protect, Protected, canonical_ip};
 
-/// What this transform does with the PII fields, given the host's \`mask\`.
-pub struct Policy<F>(pub F);
+/// How this transform protects the PII fields.
+pub struct Policy;
 
-impl<F: FnMut(&str, &str) -> String> Protect for Policy<F> {
-    fn ip(&mut self, ip: IpAddr) -> String {
-        (self.0)("ip", &ip.to_string())
+impl Protect for Policy {
+    fn ip(&self, ip: IpAddr, written: &str) -> Protected {
+        Protected::Masked(canonical_ip(ip, written))
     }
-    fn device_id(&mut self, device_id: &str) -> String {
-        (self.0)("device_id", device_id)
+    fn device_id(&self, device_id: &str) -> Protected {
+        Protected::Masked(device_id.to_owned())
     }
 }
 
@@ -69,9 +71,7 @@ wit_bindgen::generate!({
     world: "transformer",
 });
 
-use maskpipe::transform::masking::mask;
-
-login_core::export_transformer!($type, Policy(|field: &str, value: &str| mask(field, value)));
+login_core::export_transformer!($type, Policy);
 RUST
 
 cat >"$dir/tests/vectors.rs" <<RUST

@@ -7,10 +7,15 @@
 //! fails the worker recycles its instance and retries message by message, so
 //! only the poison message is dead-lettered.
 //!
-//! The sandbox: the component gets the `masking` import and an empty WASI
-//! context (no environment, arguments, preopened directories or network;
-//! stdio goes nowhere; both clocks are frozen at zero). A component that
-//! imports anything else is refused at load.
+//! The sandbox: the component imports nothing of maskpipe's and gets an
+//! empty WASI context (no environment, arguments, preopened directories or
+//! network; stdio goes nowhere; both clocks are frozen at zero). A component
+//! that imports anything else is refused at load.
+//!
+//! The boundary is built for few crossings: a batch goes in packed (one
+//! string of bodies and two lists, reusing one host buffer), and the PII
+//! values a row asks to be protected are masked here, with the worker's
+//! keyring, as the row comes out, not by calls from inside the component.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -31,13 +36,13 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "transformer",
-        // Messages cross into the guest straight from the host's `&str`s,
-        // without an owned copy per call.
+        // The packed batch crosses into the guest straight from the host's
+        // reused buffers, without an owned copy per call.
         ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
 
-use bindings::maskpipe::transform::{masking, types as wit};
+use bindings::maskpipe::transform::types as wit;
 use bindings::{Transformer, TransformerPre};
 
 /// How often the engine's epoch advances: the granularity of deadlines.
@@ -50,7 +55,6 @@ const BRIEF_TICKS: u64 = 2;
 /// so these are inert: they exist because Rust's std for `wasm32-wasip2`
 /// imports them whether or not the transform uses them.
 const GRANTED_IMPORTS: &[&str] = &[
-    "maskpipe:transform/masking",
     "maskpipe:transform/types",
     "wasi:cli/environment",
     "wasi:cli/exit",
@@ -191,16 +195,17 @@ impl Transform {
 
     /// A fresh instance, ready for batches, masking with `keyring`.
     pub fn worker(self: &Arc<Self>, keyring: Arc<Keyring>) -> Result<Worker> {
-        let (store, instance) = self.instantiate(&keyring)?;
+        let (store, instance) = self.instantiate()?;
         Ok(Worker {
             transform: Arc::clone(self),
             keyring,
             store,
             instance,
+            packed: PackedBatch::default(),
         })
     }
 
-    fn instantiate(&self, keyring: &Arc<Keyring>) -> Result<(Store<HostState>, Transformer)> {
+    fn instantiate(&self) -> Result<(Store<HostState>, Transformer)> {
         let state = HostState {
             wasi: WasiCtx::builder()
                 .wall_clock(FrozenClock)
@@ -211,7 +216,6 @@ impl Transform {
                 .memory_size(self.limits.memory_bytes)
                 .trap_on_grow_failure(true)
                 .build(),
-            keyring: Arc::clone(keyring),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -233,9 +237,11 @@ impl Transform {
 /// One instance of a [`Transform`], reused across batches.
 pub struct Worker {
     transform: Arc<Transform>,
+    /// Protects the PII values of the rows the component returns.
     keyring: Arc<Keyring>,
     store: Store<HostState>,
     instance: Transformer,
+    packed: PackedBatch,
 }
 
 impl Worker {
@@ -254,8 +260,7 @@ impl Worker {
     /// dead letter. It fails only when the component can no longer be
     /// instantiated, which no message can cause.
     pub fn run(&mut self, messages: &[Received]) -> Result<Vec<Outcome>> {
-        let inputs: Vec<wit::Message<'_>> = messages.iter().map(to_wit).collect();
-        match self.call(&inputs) {
+        match self.call(messages) {
             Ok(outcomes) => Ok(outcomes),
             Err(failure) => {
                 tracing::warn!(
@@ -265,9 +270,10 @@ impl Worker {
                     failure.detail
                 );
                 self.recycle()?;
-                inputs
-                    .into_iter()
-                    .map(|input| match self.call(std::slice::from_ref(&input)) {
+                messages
+                    .iter()
+                    .map(|message| match self.call(std::slice::from_ref(message)) {
+                        // `call` checked that there is one outcome per message.
                         Ok(mut outcomes) => Ok(outcomes.remove(0)),
                         Err(failure) => {
                             self.recycle()?;
@@ -290,10 +296,9 @@ impl Worker {
     /// run them directly instead of paying two thread hand-offs per batch,
     /// while a slow or hostile transform still never holds it for long.
     pub fn run_briefly(&mut self, messages: &[Received]) -> Result<Option<Vec<Outcome>>> {
-        let inputs: Vec<wit::Message<'_>> = messages.iter().map(to_wit).collect();
         // Never more than the full deadline, should that be shorter.
         let ticks = BRIEF_TICKS.min(self.transform.deadline_ticks());
-        match self.call_within(&inputs, ticks) {
+        match self.call_within(messages, ticks) {
             Ok(outcomes) => Ok(Some(outcomes)),
             Err(_) => {
                 self.recycle()?;
@@ -304,49 +309,88 @@ impl Worker {
 
     /// One call into the component. A failure is described as the rejection
     /// the message(s) would get.
-    fn call(&mut self, inputs: &[wit::Message<'_>]) -> Result<Vec<Outcome>, Rejection> {
-        self.call_within(inputs, self.transform.deadline_ticks())
+    fn call(&mut self, messages: &[Received]) -> Result<Vec<Outcome>, Rejection> {
+        self.call_within(messages, self.transform.deadline_ticks())
     }
 
     fn call_within(
         &mut self,
-        inputs: &[wit::Message<'_>],
+        messages: &[Received],
         ticks: u64,
     ) -> Result<Vec<Outcome>, Rejection> {
+        self.packed.pack(messages)?;
         self.store.set_epoch_deadline(ticks);
         let outcomes = self
             .instance
-            .call_transform_batch(&mut self.store, inputs)
+            .call_transform_batch(&mut self.store, self.packed.as_wit())
             .map_err(|error| Rejection::new(reason::TRANSFORM_TRAP, describe_failure(&error)))?;
-        if outcomes.len() != inputs.len() {
+        if outcomes.len() != messages.len() {
             return Err(Rejection::new(
                 reason::CONTRACT_VIOLATION,
                 format!(
                     "the transform returned {} outcomes for {} messages",
                     outcomes.len(),
-                    inputs.len()
+                    messages.len()
                 ),
             ));
         }
-        Ok(outcomes.into_iter().map(from_wit).collect())
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| from_wit(outcome, &self.keyring))
+            .collect())
     }
 
     /// A trap can leave an instance's memory inconsistent: start afresh.
     fn recycle(&mut self) -> Result<()> {
-        let (store, instance) = self.transform.instantiate(&self.keyring)?;
+        let (store, instance) = self.transform.instantiate()?;
         self.store = store;
         self.instance = instance;
         Ok(())
     }
 }
 
-/// What the store holds for the component: its WASI context, its limits and
-/// the keyring behind the `masking` import.
+/// A batch as the WIT `batch` carries it: bodies back to back, their ends
+/// and timestamps. One per worker, so its buffers are reused.
+#[derive(Default)]
+struct PackedBatch {
+    bodies: String,
+    body_ends: Vec<u32>,
+    sent_timestamps_ms: Vec<u64>,
+}
+
+impl PackedBatch {
+    fn pack(&mut self, messages: &[Received]) -> Result<(), Rejection> {
+        self.bodies.clear();
+        self.body_ends.clear();
+        self.sent_timestamps_ms.clear();
+        for message in messages {
+            self.bodies.push_str(&message.body);
+            let end = u32::try_from(self.bodies.len()).map_err(|_| {
+                Rejection::new(
+                    reason::TRANSFORM_TRAP,
+                    "the batch's bodies exceed the 4 GiB a component can address",
+                )
+            })?;
+            self.body_ends.push(end);
+            self.sent_timestamps_ms.push(message.sent_timestamp_ms);
+        }
+        Ok(())
+    }
+
+    fn as_wit(&self) -> wit::Batch<'_> {
+        wit::Batch {
+            bodies: &self.bodies,
+            body_ends: &self.body_ends,
+            sent_timestamps_ms: &self.sent_timestamps_ms,
+        }
+    }
+}
+
+/// What the store holds for the component: its WASI context and its limits.
 struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
-    keyring: Arc<Keyring>,
 }
 
 impl WasiView for HostState {
@@ -355,16 +399,6 @@ impl WasiView for HostState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
-    }
-}
-
-impl masking::Host for HostState {
-    fn mask(&mut self, field: String, value: String) -> String {
-        self.keyring.mask(&field, &value)
-    }
-
-    fn pseudonymize(&mut self, field: String, value: String) -> String {
-        self.keyring.pseudonymize(&field, &value)
     }
 }
 
@@ -391,29 +425,33 @@ impl HostMonotonicClock for FrozenClock {
     }
 }
 
+/// The version of `wit/transform.wit` this host speaks.
+const CONTRACT_VERSION: &str = "0.2.0";
+
 fn check_imports(engine: &Engine, component: &Component) -> Result<()> {
     let component_type = component.component_type();
     for (name, _) in component_type.imports(engine) {
-        let interface = name.split('@').next().unwrap_or(name);
+        let (interface, version) = name.split_once('@').unwrap_or((name, ""));
+        if interface.starts_with("maskpipe:transform/") && version != CONTRACT_VERSION {
+            bail!(
+                "the component was built against maskpipe:transform@{version}; this maskpipe \
+                 speaks @{CONTRACT_VERSION}: rebuild it against this release's wit/"
+            );
+        }
         if !GRANTED_IMPORTS.contains(&interface) {
             bail!(
                 "the component imports `{name}`, which maskpipe does not grant \
-                 (a transform gets only maskpipe:transform/masking and inert WASI stdio, clocks and random)"
+                 (a transform gets only inert WASI stdio, clocks and random)"
             );
         }
     }
     Ok(())
 }
 
-fn to_wit(message: &Received) -> wit::Message<'_> {
-    wit::Message {
-        id: &message.id,
-        body: &message.body,
-        sent_timestamp_ms: message.sent_timestamp_ms,
-    }
-}
-
-fn from_wit(outcome: wit::Outcome) -> Outcome {
+/// A component's outcome as the host's, its PII protected as the row asks
+/// (keyed by column: `ip`, `device_id`) and its values checked against
+/// the table.
+fn from_wit(outcome: wit::Outcome, keyring: &Keyring) -> Outcome {
     match outcome {
         wit::Outcome::Rejected(rejection) => {
             Outcome::Rejected(Rejection::new(&rejection.code, rejection.detail).sanitized())
@@ -436,8 +474,8 @@ fn from_wit(outcome: wit::Outcome) -> Outcome {
             let row = Row {
                 user_id: row.user_id,
                 device_type: row.device_type,
-                masked_ip: row.masked_ip,
-                masked_device_id: row.masked_device_id,
+                masked_ip: protect(keyring, "ip", row.masked_ip),
+                masked_device_id: protect(keyring, "device_id", row.masked_device_id),
                 locale: row.locale,
                 app_version: row.app_version,
                 create_date,
@@ -448,6 +486,14 @@ fn from_wit(outcome: wit::Outcome) -> Outcome {
             }
         }
     }
+}
+
+fn protect(keyring: &Keyring, field: &str, value: Option<wit::Protected>) -> Option<String> {
+    Some(match value? {
+        wit::Protected::Masked(value) => keyring.mask(field, &value),
+        wit::Protected::Pseudonymized(value) => keyring.pseudonymize(field, &value),
+        wit::Protected::Clear(value) => value,
+    })
 }
 
 /// A PII-free description of a failed call: trap codes only, never the
@@ -469,4 +515,35 @@ pub fn digest(bytes: &[u8]) -> String {
 /// The first 12 hex digits of a digest, for log lines.
 pub fn short(digest: &str) -> &str {
     &digest[..digest.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_contract_version_is_the_wit_package_version() {
+        let wit = include_str!("../../wit/transform.wit");
+        assert!(
+            wit.contains(&format!("package maskpipe:transform@{CONTRACT_VERSION};")),
+            "CONTRACT_VERSION must follow wit/transform.wit"
+        );
+    }
+
+    #[test]
+    fn a_batch_packs_its_bodies_back_to_back() {
+        let messages = [
+            Received::local("a", "first✓", 1),
+            Received::local("b", "", 2),
+            Received::local("c", "third", 3),
+        ];
+        let mut packed = PackedBatch::default();
+        packed.pack(&messages).unwrap();
+        // Packing again reuses the buffers and forgets the previous batch.
+        packed.pack(&messages).unwrap();
+        let batch = packed.as_wit();
+        assert_eq!(batch.bodies, "first✓third");
+        assert_eq!(batch.body_ends, [8, 8, 13]);
+        assert_eq!(batch.sent_timestamps_ms, [1, 2, 3]);
+    }
 }

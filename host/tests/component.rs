@@ -79,6 +79,21 @@ fn a_component_importing_an_ungranted_capability_is_refused() {
 }
 
 #[test]
+fn a_component_built_against_another_contract_is_told_to_rebuild() {
+    let engine = runtime::engine().unwrap();
+    let wat = r#"(component
+        (import "maskpipe:transform/masking@0.1.0" (instance))
+    )"#;
+    let bytes = wat::parse_str(wat).unwrap();
+    let error = Transform::from_bytes(&engine, &bytes, Limits::default())
+        .err()
+        .expect("must be refused");
+    let message = format!("{error:#}");
+    assert!(message.contains("maskpipe:transform@0.1.0"), "{message}");
+    assert!(message.contains("rebuild"), "{message}");
+}
+
+#[test]
 fn a_component_without_the_world_is_refused() {
     let engine = runtime::engine().unwrap();
     let bytes = wat::parse_str("(component)").unwrap();

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use login_core::MaskBoth;
+use login_core::{MaskBoth, Protected};
 use maskpipe::masking::{Keyring, MasterKey};
 use maskpipe::record::{Outcome, Row};
 use maskpipe::runtime::{self, Limits, Transform};
@@ -287,13 +287,53 @@ fn bench_transform(
     Ok(())
 }
 
-/// The reference policy compiled natively, masking with the same keyring.
+/// The reference transform compiled natively: batches of 10 into the same
+/// outcomes the runtime makes of the component's, masked with the same
+/// keyring and checked against the table.
 fn native(messages: &[Received], keyring: &Keyring) -> usize {
-    let mut policy = MaskBoth(|field: &str, value: &str| keyring.mask(field, value));
     messages
-        .iter()
-        .filter(|m| login_core::transform(&m.body, m.sent_timestamp_ms, &mut policy).is_ok())
-        .count()
+        .chunks(10)
+        .map(|batch| {
+            let outcomes: Vec<Outcome> = batch
+                .iter()
+                .map(|m| native_outcome(&m.body, m.sent_timestamp_ms, keyring))
+                .collect();
+            std::hint::black_box(outcomes).len()
+        })
+        .sum()
+}
+
+fn native_outcome(body: &str, sent_timestamp_ms: u64, keyring: &Keyring) -> Outcome {
+    let protect = |field: &str, value: Protected| match value {
+        Protected::Masked(value) => keyring.mask(field, &value),
+        Protected::Pseudonymized(value) => keyring.pseudonymize(field, &value),
+        Protected::Clear(value) => value,
+    };
+    match login_core::transform(body, sent_timestamp_ms, &MaskBoth) {
+        Ok(row) => {
+            let row = Row {
+                user_id: Some(row.user_id),
+                device_type: Some(row.device_type),
+                masked_ip: Some(protect("ip", row.masked_ip)),
+                masked_device_id: Some(protect("device_id", row.masked_device_id)),
+                locale: row.locale,
+                app_version: Some(row.app_version),
+                create_date: chrono::NaiveDate::from_ymd_opt(
+                    row.create_date.year,
+                    row.create_date.month.into(),
+                    row.create_date.day.into(),
+                ),
+            };
+            match row.check_columns() {
+                Ok(()) => Outcome::Row(row),
+                Err(rejection) => Outcome::Rejected(rejection),
+            }
+        }
+        Err(rejection) => Outcome::Rejected(maskpipe::record::Rejection::new(
+            rejection.code,
+            rejection.detail,
+        )),
+    }
 }
 
 async fn fresh_database(admin_url: &str, tag: &str) -> Result<String> {
@@ -322,30 +362,9 @@ async fn bench_sink(
     const ROWS: usize = 40_000;
     const CONNECTIONS: usize = 4;
     let bodies = generate(ROWS, args.seed);
-    let mut policy = MaskBoth(|field: &str, value: &str| keyring.mask(field, value));
     let outcomes: Vec<Outcome> = bodies
         .iter()
-        .map(
-            |body| match login_core::transform(body, 1_670_839_200_000, &mut policy) {
-                Ok(row) => Outcome::Row(Row {
-                    user_id: Some(row.user_id),
-                    device_type: Some(row.device_type),
-                    masked_ip: Some(row.masked_ip),
-                    masked_device_id: Some(row.masked_device_id),
-                    locale: row.locale,
-                    app_version: Some(row.app_version),
-                    create_date: chrono::NaiveDate::from_ymd_opt(
-                        row.create_date.year,
-                        row.create_date.month.into(),
-                        row.create_date.day.into(),
-                    ),
-                }),
-                Err(rejection) => Outcome::Rejected(maskpipe::record::Rejection::new(
-                    rejection.code,
-                    rejection.detail,
-                )),
-            },
-        )
+        .map(|body| native_outcome(body, 1_670_839_200_000, keyring))
         .collect();
     let outcomes = Arc::new(outcomes);
     let mut rates = Vec::new();

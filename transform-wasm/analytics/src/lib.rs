@@ -9,17 +9,17 @@
 
 use std::net::IpAddr;
 
-use login_core::Protect;
+use login_core::{Protect, Protected};
 
-/// The analytics policy over the host's `pseudonymize(field, value)`.
-pub struct Analytics<F>(pub F);
+/// The analytics policy: the network in clear, the device pseudonymized.
+pub struct Analytics;
 
-impl<F: FnMut(&str, &str) -> String> Protect for Analytics<F> {
-    fn ip(&mut self, ip: IpAddr) -> String {
-        network(ip)
+impl Protect for Analytics {
+    fn ip(&self, ip: IpAddr, _written: &str) -> Protected {
+        Protected::Clear(network(ip))
     }
-    fn device_id(&mut self, device_id: &str) -> String {
-        (self.0)("device_id", device_id)
+    fn device_id(&self, device_id: &str) -> Protected {
+        Protected::Pseudonymized(device_id.to_owned())
     }
 }
 

@@ -27,11 +27,23 @@ const MASKED_INPUT_MAX_BYTES: usize = 128;
 pub struct Row {
     pub user_id: String,
     pub device_type: String,
-    pub masked_ip: String,
-    pub masked_device_id: String,
+    pub masked_ip: Protected,
+    pub masked_device_id: Protected,
     pub locale: Option<String>,
     pub app_version: i32,
     pub create_date: Date,
+}
+
+/// How the host is to store a PII value (WIT `protected`): the transform
+/// decides, the host (which holds the keys) does it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Protected {
+    /// Keyed, deterministic, reversible masking.
+    Masked(String),
+    /// A keyed, irreversible pseudonym.
+    Pseudonymized(String),
+    /// As is: the transform already made it harmless.
+    Clear(String),
 }
 
 /// A UTC calendar date.
@@ -58,25 +70,37 @@ impl Rejection {
     }
 }
 
-/// What a transform does with the PII fields of a valid message.
+/// A transform's PII policy: how each PII field of a valid message is to be
+/// protected.
 pub trait Protect {
-    /// The value for `masked_ip`.
-    fn ip(&mut self, ip: IpAddr) -> String;
+    /// The value for `masked_ip`; `written` is the address as the message
+    /// wrote it (see [`canonical_ip`]).
+    fn ip(&self, ip: IpAddr, written: &str) -> Protected;
     /// The value for `masked_device_id`.
-    fn device_id(&mut self, device_id: &str) -> String;
+    fn device_id(&self, device_id: &str) -> Protected;
 }
 
-/// Reversible masking of both fields through a keyed `mask(field, value)`.
-/// The ip is masked in canonical form, so equal addresses mask equally
-/// however they were written ("::1" and "0::1"); dotted-quad IPv4 is unchanged.
-pub struct MaskBoth<F>(pub F);
+/// The reference policy: reversible masking of both fields. The ip is masked
+/// in canonical form, so equal addresses mask equally however they were
+/// written ("::1" and "0::1").
+pub struct MaskBoth;
 
-impl<F: FnMut(&str, &str) -> String> Protect for MaskBoth<F> {
-    fn ip(&mut self, ip: IpAddr) -> String {
-        (self.0)("ip", &ip.to_string())
+impl Protect for MaskBoth {
+    fn ip(&self, ip: IpAddr, written: &str) -> Protected {
+        Protected::Masked(canonical_ip(ip, written))
     }
-    fn device_id(&mut self, device_id: &str) -> String {
-        (self.0)("device_id", device_id)
+    fn device_id(&self, device_id: &str) -> Protected {
+        Protected::Masked(device_id.to_owned())
+    }
+}
+
+/// `ip` in canonical form. An IPv4 address that parsed is canonical already
+/// (the parser refuses leading zeros and short forms), so `written` is
+/// reused without formatting; IPv6 is formatted (lower case, `::` folding).
+pub fn canonical_ip(ip: IpAddr, written: &str) -> String {
+    match ip {
+        IpAddr::V4(_) => written.to_owned(),
+        IpAddr::V6(_) => ip.to_string(),
     }
 }
 
@@ -84,7 +108,7 @@ impl<F: FnMut(&str, &str) -> String> Protect for MaskBoth<F> {
 pub fn transform(
     body: &str,
     sent_timestamp_ms: u64,
-    protect: &mut impl Protect,
+    policy: &impl Protect,
 ) -> Result<Row, Rejection> {
     let login = parse(body)?;
     if [
@@ -122,7 +146,8 @@ pub fn transform(
         ));
     }
 
-    let ip: IpAddr = ip
+    let written_ip = ip;
+    let ip: IpAddr = written_ip
         .parse()
         .map_err(|_| Rejection::new("invalid_ip", "field `ip` is not an IPv4 or IPv6 address"))?;
     let app_version = parse_app_version(app_version).ok_or_else(|| {
@@ -141,8 +166,8 @@ pub fn transform(
     Ok(Row {
         user_id: user_id.to_owned(),
         device_type: device_type.to_owned(),
-        masked_ip: protect.ip(ip),
-        masked_device_id: protect.device_id(device_id),
+        masked_ip: policy.ip(ip, written_ip),
+        masked_device_id: policy.device_id(device_id),
         locale: locale.map(str::to_owned),
         app_version,
         create_date,
@@ -153,7 +178,7 @@ pub fn transform(
 /// digits. Unlike dropping the dots, this keeps "2.3.0" apart from "2.30" and
 /// "0.96" apart from "9.6".
 pub fn parse_app_version(text: &str) -> Option<i32> {
-    let mut parts = text.split('.');
+    let mut parts = text.as_bytes().split(|&byte| byte == b'.');
     let mut version = 0;
     for weight in [10_000, 100, 1] {
         let Some(part) = parts.next() else { break };
@@ -162,12 +187,13 @@ pub fn parse_app_version(text: &str) -> Option<i32> {
     parts.next().is_none().then_some(version)
 }
 
-fn parse_version_part(part: &str) -> Option<i32> {
-    let bytes = part.as_bytes();
-    if bytes.is_empty() || bytes.len() > 2 || !bytes.iter().all(u8::is_ascii_digit) {
-        return None;
+fn parse_version_part(part: &[u8]) -> Option<i32> {
+    let digit = |byte: &u8| byte.is_ascii_digit().then(|| i32::from(byte - b'0'));
+    match part {
+        [units] => digit(units),
+        [tens, units] => Some(digit(tens)? * 10 + digit(units)?),
+        _ => None,
     }
-    part.parse().ok()
 }
 
 /// The UTC calendar date of a millisecond Unix timestamp.
@@ -214,7 +240,8 @@ fn wrong_type(field: &str, kind: &str) -> Rejection {
 }
 
 fn check_chars(field: &str, text: &str, max: usize) -> Result<(), Rejection> {
-    if text.chars().count() > max {
+    // A text has no more characters than bytes: count only when it matters.
+    if text.len() > max && text.chars().count() > max {
         return Err(Rejection::new(
             "value_too_long",
             format!("field `{field}` is longer than {max} characters"),
@@ -410,6 +437,32 @@ impl<'de> Visitor<'de> for FieldVisitor {
     }
 }
 
+/// The messages of a packed WIT `batch`, in order: each body with its
+/// `SentTimestamp`, one item per entry of `body_ends`. Where the host's
+/// offsets or timestamps do not fit its bodies, that message is an `Err`
+/// (`malformed_batch`) instead of a panic.
+pub fn unpack<'a>(
+    bodies: &'a str,
+    body_ends: &'a [u32],
+    sent_timestamps_ms: &'a [u64],
+) -> impl Iterator<Item = Result<(&'a str, u64), Rejection>> + 'a {
+    let mut start = 0;
+    body_ends.iter().enumerate().map(move |(index, &end)| {
+        let end = end as usize;
+        // `get` is None for an end out of range, before its start or inside
+        // a character.
+        let body = bodies.get(start..end);
+        start = end;
+        match (body, sent_timestamps_ms.get(index)) {
+            (Some(body), Some(&sent)) => Ok((body, sent)),
+            _ => Err(Rejection::new(
+                "malformed_batch",
+                "the host sent a batch whose offsets or timestamps do not fit its bodies",
+            )),
+        }
+    })
+}
+
 /// Defines `fn to_wit_outcome(Result<Row, Rejection>) -> Outcome`, the
 /// conversion to the WIT types that `wit_bindgen::generate!` made in the
 /// calling crate. [`export_transformer!`] uses it; so can a hand-written
@@ -418,13 +471,18 @@ impl<'de> Visitor<'de> for FieldVisitor {
 macro_rules! wit_outcome {
     () => {
         fn to_wit_outcome(result: Result<$crate::Row, $crate::Rejection>) -> Outcome {
-            use maskpipe::transform::types::{Date, LoginRow, Rejection};
+            use maskpipe::transform::types::{Date, LoginRow, Protected, Rejection};
+            let protected = |value: $crate::Protected| match value {
+                $crate::Protected::Masked(value) => Protected::Masked(value),
+                $crate::Protected::Pseudonymized(value) => Protected::Pseudonymized(value),
+                $crate::Protected::Clear(value) => Protected::Clear(value),
+            };
             match result {
                 Ok(row) => Outcome::Row(LoginRow {
                     user_id: Some(row.user_id),
                     device_type: Some(row.device_type),
-                    masked_ip: Some(row.masked_ip),
-                    masked_device_id: Some(row.masked_device_id),
+                    masked_ip: Some(protected(row.masked_ip)),
+                    masked_device_id: Some(protected(row.masked_device_id)),
                     locale: row.locale,
                     app_version: Some(row.app_version),
                     create_date: Some(Date {
@@ -448,7 +506,7 @@ macro_rules! wit_outcome {
 ///
 /// ```ignore
 /// wit_bindgen::generate!({ path: "../wit", world: "transformer" });
-/// login_core::export_transformer!(MyTransform, MaskBoth(|f: &str, v: &str| masking::mask(f, v)));
+/// login_core::export_transformer!(MyTransform, login_core::MaskBoth);
 /// ```
 #[macro_export]
 macro_rules! export_transformer {
@@ -458,12 +516,13 @@ macro_rules! export_transformer {
         struct $component;
 
         impl Guest for $component {
-            fn transform_batch(messages: Vec<Message>) -> Vec<Outcome> {
-                let mut policy = $policy;
-                messages
-                    .iter()
-                    .map(|m| {
-                        to_wit_outcome($crate::transform(&m.body, m.sent_timestamp_ms, &mut policy))
+            fn transform_batch(batch: Batch) -> Vec<Outcome> {
+                let policy = $policy;
+                $crate::unpack(&batch.bodies, &batch.body_ends, &batch.sent_timestamps_ms)
+                    .map(|message| {
+                        to_wit_outcome(
+                            message.and_then(|(body, sent)| $crate::transform(body, sent, &policy)),
+                        )
                     })
                     .collect()
             }
@@ -481,10 +540,8 @@ mod tests {
     // 2022-12-12T10:00:00Z
     const SENT_MS: u64 = 1_670_839_200_000;
 
-    /// Stands in for the host's key: visibly tagged, so tests see what was masked.
     fn run(body: &str) -> Result<Row, Rejection> {
-        let mut tag = MaskBoth(|field: &str, value: &str| format!("<{field}:{value}>"));
-        transform(body, SENT_MS, &mut tag)
+        transform(body, SENT_MS, &MaskBoth)
     }
 
     fn rejection_code(body: &str) -> &'static str {
@@ -499,8 +556,8 @@ mod tests {
             Row {
                 user_id: "424cdd21-063a-43a7-b91b-7ca1a833afae".into(),
                 device_type: "android".into(),
-                masked_ip: "<ip:199.172.111.135>".into(),
-                masked_device_id: "<device_id:593-47-5928>".into(),
+                masked_ip: Protected::Masked("199.172.111.135".into()),
+                masked_device_id: Protected::Masked("593-47-5928".into()),
                 locale: Some("RU".into()),
                 app_version: 20300,
                 create_date: Date {
@@ -610,7 +667,48 @@ mod tests {
     #[test]
     fn ipv6_is_masked_in_canonical_form() {
         let row = run(&SAMPLE.replace("199.172.111.135", "2001:DB8:0:0::1")).expect("valid");
-        assert_eq!(row.masked_ip, "<ip:2001:db8::1>");
+        assert_eq!(row.masked_ip, Protected::Masked("2001:db8::1".into()));
+    }
+
+    #[test]
+    fn parsed_ipv4_is_already_canonical() {
+        for written in ["199.172.111.135", "0.0.0.0", "255.255.255.255", "10.0.0.1"] {
+            let ip: IpAddr = written.parse().unwrap();
+            assert_eq!(canonical_ip(ip, written), ip.to_string());
+        }
+        // What would not be canonical does not parse.
+        for written in ["010.0.0.1", "10.1", "10.0.0.01", " 10.0.0.1"] {
+            assert!(written.parse::<IpAddr>().is_err(), "{written}");
+        }
+    }
+
+    #[test]
+    fn a_packed_batch_unpacks_in_order() {
+        let bodies = "first✓second";
+        let ends = [8, 14];
+        let sent = [1, 2];
+        let messages: Vec<_> = unpack(bodies, &ends, &sent).collect();
+        assert_eq!(messages, vec![Ok(("first✓", 1)), Ok(("second", 2))]);
+    }
+
+    #[test]
+    fn an_inconsistent_batch_is_refused_message_by_message() {
+        let bodies = "first✓second";
+        // Inside the check mark, past the end, a missing timestamp.
+        for (ends, sent) in [
+            (&[6, 14][..], &[1, 2][..]),
+            (&[8, 99], &[1, 2]),
+            (&[8, 14], &[1]),
+        ] {
+            let codes: Vec<_> = unpack(bodies, ends, sent)
+                .map(|message| message.map(|_| ()).map_err(|rejection| rejection.code))
+                .collect();
+            assert_eq!(codes.len(), 2);
+            assert!(
+                codes.contains(&Err("malformed_batch")),
+                "{ends:?} {sent:?}: {codes:?}"
+            );
+        }
     }
 
     #[test]

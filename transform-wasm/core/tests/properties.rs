@@ -1,13 +1,12 @@
 //! Properties of the login transform over arbitrary input: it never panics,
 //! every message ends as a row or a rejection, and every row fits its table.
 
-use login_core::{MaskBoth, Row, transform};
+use login_core::{MaskBoth, Protected, Row, transform, unpack};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
 fn run(body: &str, sent_ms: u64) -> Result<Row, login_core::Rejection> {
-    let mut tag = MaskBoth(|field: &str, value: &str| format!("{field}:{value}"));
-    transform(body, sent_ms, &mut tag)
+    transform(body, sent_ms, &MaskBoth)
 }
 
 /// Any JSON value, nested a few levels.
@@ -61,6 +60,13 @@ fn check_row_fits(row: &Row) {
     assert!(row.device_type.chars().count() <= 32);
     assert!(row.locale.as_ref().is_none_or(|l| l.chars().count() <= 32));
     assert!((0..=999_999).contains(&row.app_version));
+    // Masking grows a value; 128 bytes is what still fits varchar(256).
+    for protected in [&row.masked_ip, &row.masked_device_id] {
+        let Protected::Masked(value) = protected else {
+            panic!("the reference policy masks: {protected:?}")
+        };
+        assert!(value.len() <= 128);
+    }
 }
 
 proptest! {
@@ -87,5 +93,21 @@ proptest! {
                 prop_assert!(!rejection.detail.is_empty());
             }
         }
+    }
+
+    #[test]
+    fn packed_batches_unpack_to_their_messages(
+        messages in prop::collection::vec((".{0,60}", any::<u64>()), 0..12)
+    ) {
+        let mut bodies = String::new();
+        let mut ends = Vec::new();
+        for (body, _) in &messages {
+            bodies.push_str(body);
+            ends.push(u32::try_from(bodies.len()).unwrap());
+        }
+        let sent: Vec<u64> = messages.iter().map(|(_, sent)| *sent).collect();
+        let unpacked: Vec<_> = unpack(&bodies, &ends, &sent).collect();
+        let expected: Vec<_> = messages.iter().map(|(body, sent)| Ok((body.as_str(), *sent))).collect();
+        prop_assert_eq!(unpacked, expected);
     }
 }

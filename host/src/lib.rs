@@ -4,12 +4,13 @@
 //!
 //! ```text
 //!  source (SQS) ─► pipeline ─► runtime (wasm component) ─► sink (PostgreSQL) ─► source.delete
-//!                     │              │ masking import
+//!                     │              │ rows say how to protect their PII
 //!                  config         masking (keys, AES-GCM)        record (row + column contract)
 //! ```
 //!
 //! * [`source`]: receive, delete and queue depth: the only AWS SDK user.
-//! * [`runtime`]: loads and sandboxes the transform component; runs batches.
+//! * [`runtime`]: loads and sandboxes the transform component; runs batches
+//!   and protects the PII values the returned rows ask it to.
 //! * [`masking`]: deterministic, reversible masking and dead-letter sealing.
 //! * [`record`]: rows and rejections, and the `user_logins` column limits.
 //! * [`sink`]: one transaction per batch: ledger, rows, dead letters;

@@ -1,4 +1,6 @@
-//! Keyed masking: the mechanism behind the component's `masking` import.
+//! Keyed masking: the mechanism behind a row's `masked(…)` and
+//! `pseudonymized(…)` values (the runtime applies it; components never see
+//! the key).
 //!
 //! A masked value is deterministic authenticated encryption (SIV-style
 //! AES-256-GCM): the nonce is HMAC-SHA256(mac key, field ‖ value) cut to 96

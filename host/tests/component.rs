@@ -63,47 +63,34 @@ fn the_digest_is_the_sha256_of_the_file() {
     );
 }
 
-#[test]
-fn a_component_importing_an_ungranted_capability_is_refused() {
+/// Loads a hand-written component that must be refused; returns why.
+fn refusal(wat: &str) -> String {
     let engine = runtime::engine().unwrap();
-    let wat = r#"(component
-        (import "wasi:sockets/tcp@0.2.6" (instance))
-    )"#;
     let bytes = wat::parse_str(wat).unwrap();
     let error = Transform::from_bytes(&engine, &bytes, Limits::default())
         .err()
         .expect("must be refused");
-    let message = format!("{error:#}");
+    format!("{error:#}")
+}
+
+#[test]
+fn a_component_importing_an_ungranted_capability_is_refused() {
+    let message = refusal(r#"(component (import "wasi:sockets/tcp@0.2.6" (instance)))"#);
     assert!(message.contains("wasi:sockets/tcp@0.2.6"), "{message}");
     assert!(message.contains("does not grant"), "{message}");
 }
 
 #[test]
 fn a_component_built_against_another_contract_is_told_to_rebuild() {
-    let engine = runtime::engine().unwrap();
-    let wat = r#"(component
-        (import "maskpipe:transform/masking@0.1.0" (instance))
-    )"#;
-    let bytes = wat::parse_str(wat).unwrap();
-    let error = Transform::from_bytes(&engine, &bytes, Limits::default())
-        .err()
-        .expect("must be refused");
-    let message = format!("{error:#}");
+    let message = refusal(r#"(component (import "maskpipe:transform/masking@0.1.0" (instance)))"#);
     assert!(message.contains("maskpipe:transform@0.1.0"), "{message}");
     assert!(message.contains("rebuild"), "{message}");
 }
 
 #[test]
 fn a_component_without_the_world_is_refused() {
-    let engine = runtime::engine().unwrap();
-    let bytes = wat::parse_str("(component)").unwrap();
-    let error = Transform::from_bytes(&engine, &bytes, Limits::default())
-        .err()
-        .expect("must be refused");
-    assert!(
-        format!("{error:#}").contains("does not export"),
-        "{error:#}"
-    );
+    let message = refusal("(component)");
+    assert!(message.contains("does not export"), "{message}");
 }
 
 #[test]

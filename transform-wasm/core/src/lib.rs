@@ -1,10 +1,12 @@
 //! Validation and normalization of one Fetch login message.
 //!
 //! Plain Rust with no wasm in sight, so it is unit-tested and benchmarked
-//! natively and shared by every transform component. What happens to the two
-//! PII fields is the one thing transforms differ in, so it is a parameter:
-//! a [`Protect`] implementation, which calls the host's keyed functions
-//! because the keys live in the host.
+//! natively and shared by every transform component. How the two PII fields
+//! are protected is the one thing transforms differ in, so it is a
+//! parameter: a [`Protect`] policy, which only names the protection
+//! ([`Protected`]); the host, which holds the keys, carries it out. Also
+//! here: [`unpack`] for the packed batches the contract delivers, and the
+//! macros that export all of it as a component.
 
 use std::net::IpAddr;
 

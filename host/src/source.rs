@@ -133,6 +133,19 @@ impl SqsSource {
         Ok((Self { client, queue_url }, existed))
     }
 
+    /// Deletes the queue and whatever it still holds (benches clean up with
+    /// this, so the server's state does not grow run after run).
+    pub async fn delete_queue(&self) -> Result<()> {
+        self.client
+            .delete_queue()
+            .queue_url(&self.queue_url)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
+            .with_context(|| format!("cannot delete SQS queue {}", self.queue_url))?;
+        Ok(())
+    }
+
     pub fn queue_url(&self) -> &str {
         &self.queue_url
     }

@@ -13,6 +13,10 @@
 //! 4. CPU per message and 5. peak RSS of the host process during (3).
 //!
 //! Sweeps: pollers 1..16, replicas 1..4, and N = 10k / 20k / 50k.
+//!
+//! Every queue and database a run creates is dropped after it, so the
+//! servers do not slow down as the suite goes on, and (3) alternates which
+//! consumer goes first.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -353,6 +357,20 @@ async fn fresh_database(admin_url: &str, tag: &str) -> Result<String> {
     Ok(format!("{base}/{name}"))
 }
 
+/// Drops a database `fresh_database` made (and whoever is still on it).
+async fn drop_database(admin_url: &str, url: &str) -> Result<()> {
+    let name = url
+        .rsplit('/')
+        .next()
+        .context("database URL without a name")?;
+    let (client, connection) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await?;
+    Ok(())
+}
+
 async fn bench_sink(
     args: &Args,
     admin_url: &str,
@@ -369,7 +387,8 @@ async fn bench_sink(
     let outcomes = Arc::new(outcomes);
     let mut rates = Vec::new();
     for run in 0..args.runs {
-        let url = Database::new(&fresh_database(admin_url, "sink").await?, None)?;
+        let database = fresh_database(admin_url, "sink").await?;
+        let url = Database::new(&database, None)?;
         PgSink::connect(&url).await?.ensure_schema().await?;
         let messages = Arc::new(
             received(&bodies)
@@ -410,6 +429,7 @@ async fn bench_sink(
             done??;
         }
         rates.push(ROWS as f64 / started.elapsed().as_secs_f64());
+        drop_database(admin_url, &database).await?;
     }
     let rate = Stats::of(rates);
     report.figure("sink_rows_per_s", rate);
@@ -439,6 +459,42 @@ async fn fresh_queue(tag: &str) -> Result<SqsSource> {
         rand::random::<u32>() & 0xffffff
     );
     Ok(SqsSource::create(&name).await?.0)
+}
+
+/// The no-op consumer on a fresh queue holding `bodies`; the queue is
+/// deleted afterwards.
+async fn noop_once(bodies: &[String], consumers: usize) -> Result<(f64, f64)> {
+    let queue = fresh_queue("noop").await?;
+    preload(&queue, bodies).await?;
+    let drained = noop_drain(&queue, consumers).await;
+    queue.delete_queue().await?;
+    drained
+}
+
+/// `maskpipe run --drain` on a fresh queue holding `bodies` into a fresh
+/// database; both are dropped afterwards.
+async fn host_once(
+    component: &Path,
+    admin_url: &str,
+    bodies: &[String],
+    pollers: usize,
+    replicas: usize,
+) -> Result<HostRun> {
+    let queue = fresh_queue("e2e").await?;
+    preload(&queue, bodies).await?;
+    let database = fresh_database(admin_url, "e2e").await?;
+    let run = host_drain(
+        component,
+        &queue,
+        &database,
+        pollers,
+        replicas,
+        bodies.len(),
+    )
+    .await;
+    queue.delete_queue().await?;
+    drop_database(admin_url, &database).await?;
+    run
 }
 
 /// What one `maskpipe run --drain` reported.
@@ -594,21 +650,34 @@ async fn bench_end_to_end(
     let (mut host, mut noop, mut ratio, mut cpu, mut rss) =
         (vec![], vec![], vec![], vec![], vec![]);
     let mut noop_cpu = vec![];
-    for _ in 0..args.runs {
-        let queue = fresh_queue("noop").await?;
-        preload(&queue, &bodies).await?;
-        let (noop_rate, noop_cpu_per_msg) = noop_drain(&queue, args.pollers).await?;
+    for run in 0..args.runs {
+        // Alternate who goes first, so a server that drifts during the run
+        // weighs on both consumers alike.
+        let (noop_run, host_run) = if run % 2 == 0 {
+            let noop_run = noop_once(&bodies, args.pollers).await?;
+            (
+                noop_run,
+                host_once(component, admin_url, &bodies, args.pollers, 1).await?,
+            )
+        } else {
+            let host_run = host_once(component, admin_url, &bodies, args.pollers, 1).await?;
+            (noop_once(&bodies, args.pollers).await?, host_run)
+        };
+        let (noop_rate, noop_cpu_per_msg) = noop_run;
+        eprintln!(
+            "end to end, run {}: maskpipe {:.0} msgs/s, no-op {:.0} msgs/s, ratio {:.3}, host CPU {:.1} µs/msg",
+            run + 1,
+            host_run.msgs_per_s,
+            noop_rate,
+            host_run.msgs_per_s / noop_rate,
+            host_run.cpu_us_per_msg
+        );
         noop_cpu.push(noop_cpu_per_msg);
-
-        let queue = fresh_queue("e2e").await?;
-        preload(&queue, &bodies).await?;
-        let database = fresh_database(admin_url, "e2e").await?;
-        let run = host_drain(component, &queue, &database, args.pollers, 1, bodies.len()).await?;
-        host.push(run.msgs_per_s);
+        host.push(host_run.msgs_per_s);
         noop.push(noop_rate);
-        ratio.push(run.msgs_per_s / noop_rate);
-        cpu.push(run.cpu_us_per_msg);
-        rss.push(run.peak_rss_mib);
+        ratio.push(host_run.msgs_per_s / noop_rate);
+        cpu.push(host_run.cpu_us_per_msg);
+        rss.push(host_run.peak_rss_mib);
     }
     let (host, noop, ratio, cpu, rss) = (
         Stats::of(host),
@@ -650,13 +719,8 @@ async fn sweeps(args: &Args, component: &Path, admin_url: &str, report: &mut Rep
 
     let mut rows = Vec::new();
     for pollers in [1, 2, 4, 8, 16] {
-        let queue = fresh_queue("noop-sweep").await?;
-        preload(&queue, &bodies).await?;
-        let (noop_rate, _) = noop_drain(&queue, pollers).await?;
-        let queue = fresh_queue("sweep").await?;
-        preload(&queue, &bodies).await?;
-        let database = fresh_database(admin_url, "sweep").await?;
-        let run = host_drain(component, &queue, &database, pollers, 1, SWEEP_MESSAGES).await?;
+        let (noop_rate, _) = noop_once(&bodies, pollers).await?;
+        let run = host_once(component, admin_url, &bodies, pollers, 1).await?;
         report.summary.insert(
             format!("pollers_{pollers}_msgs_per_s"),
             json!(run.msgs_per_s),
@@ -676,10 +740,7 @@ async fn sweeps(args: &Args, component: &Path, admin_url: &str, report: &mut Rep
 
     let mut rows = Vec::new();
     for replicas in 1..=4 {
-        let queue = fresh_queue("replicas").await?;
-        preload(&queue, &bodies).await?;
-        let database = fresh_database(admin_url, "replicas").await?;
-        let run = host_drain(component, &queue, &database, 4, replicas, SWEEP_MESSAGES).await?;
+        let run = host_once(component, admin_url, &bodies, 4, replicas).await?;
         report.summary.insert(
             format!("replicas_{replicas}_msgs_per_s"),
             json!(run.msgs_per_s),
@@ -697,10 +758,7 @@ async fn sweeps(args: &Args, component: &Path, admin_url: &str, report: &mut Rep
     let mut rows = Vec::new();
     for n in [10_000, 20_000, 50_000] {
         let bodies = generate(n, args.seed);
-        let queue = fresh_queue("scale").await?;
-        preload(&queue, &bodies).await?;
-        let database = fresh_database(admin_url, "scale").await?;
-        let run = host_drain(component, &queue, &database, args.pollers, 1, n).await?;
+        let run = host_once(component, admin_url, &bodies, args.pollers, 1).await?;
         report
             .summary
             .insert(format!("n_{n}_msgs_per_s"), json!(run.msgs_per_s));

@@ -16,7 +16,10 @@
 //!
 //! Every queue and database a run creates is dropped after it, so the
 //! servers do not slow down as the suite goes on, and (3) alternates which
-//! consumer goes first.
+//! consumer goes first. During (3) and the sweeps the queue server has a CPU
+//! of its own (see `pinning`; `--no-pin` turns that off).
+
+mod pinning;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -62,6 +65,9 @@ struct Args {
     seed: u64,
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// Do not give LocalStack a CPU of its own during the end-to-end stages.
+    #[arg(long)]
+    no_pin: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,11 +232,16 @@ async fn run(args: Args) -> Result<()> {
     if wanted(Stage::Sink) {
         bench_sink(&args, &admin_url, &keyring, &mut report).await?;
     }
-    if wanted(Stage::EndToEnd) {
-        bench_end_to_end(&args, &component, &admin_url, &mut report).await?;
-    }
-    if !args.no_sweeps && args.only.is_none() {
-        sweeps(&args, &component, &admin_url, &mut report).await?;
+    let end_to_end = wanted(Stage::EndToEnd);
+    let sweeping = !args.no_sweeps && args.only.is_none();
+    if end_to_end || sweeping {
+        let _pinned = pin(&args, &mut report);
+        if end_to_end {
+            bench_end_to_end(&args, &component, &admin_url, &mut report).await?;
+        }
+        if sweeping {
+            sweeps(&args, &component, &admin_url, &mut report).await?;
+        }
     }
 
     std::fs::create_dir_all(&args.out)?;
@@ -438,6 +449,38 @@ async fn bench_sink(
         rate.row("rows written", "rows/s")
     ));
     Ok(())
+}
+
+/// Gives LocalStack a CPU of its own unless told not to (or it cannot be
+/// done); says which in the report either way.
+fn pin(args: &Args, report: &mut Report) -> Option<pinning::ServerCore> {
+    let stack_dir =
+        PathBuf::from(std::env::var("MASKPIPE_STACK_DIR").unwrap_or_else(|_| ".data".into()));
+    let (pinned, split) = if args.no_pin {
+        (
+            None,
+            "none (--no-pin): the consumers share every CPU with LocalStack".to_owned(),
+        )
+    } else {
+        match pinning::ServerCore::pin(&stack_dir) {
+            Ok(pinned) => {
+                let split = pinned.describe();
+                (Some(pinned), split)
+            }
+            Err(error) => (
+                None,
+                format!("none ({error:#}): the consumers share every CPU with LocalStack"),
+            ),
+        }
+    };
+    eprintln!("CPU split for the end-to-end stages: {split}");
+    report
+        .markdown
+        .push(format!("CPU split for the end-to-end stages: {split}.\n"));
+    report
+        .summary
+        .insert("e2e_server_has_own_cpu".into(), json!(pinned.is_some()));
+    pinned
 }
 
 async fn preload(queue: &SqsSource, bodies: &[String]) -> Result<()> {

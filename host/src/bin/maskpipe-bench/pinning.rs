@@ -117,7 +117,7 @@ fn set_process_tree(pid: i32, cpus: &[usize]) -> Result<()> {
 fn parent_of(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is parenthesised and may hold spaces; fields follow it.
-    let after_name = &stat[stat.rfind(')')? + 2..];
+    let after_name = stat.get(stat.rfind(')')? + 2..)?;
     after_name.split_whitespace().nth(1)?.parse().ok()
 }
 
@@ -135,5 +135,18 @@ fn set(tid: i32, cpus: &[usize]) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_process_parent_and_its_cpus() {
+        let parent = std::os::unix::process::parent_id() as i32;
+        assert_eq!(parent_of(std::process::id() as i32), Some(parent));
+        assert_eq!(parent_of(i32::MAX), None);
+        assert!(!allowed_cpus().unwrap().is_empty());
     }
 }

@@ -456,22 +456,14 @@ async fn bench_sink(
 fn pin(args: &Args, report: &mut Report) -> Option<pinning::ServerCore> {
     let stack_dir =
         PathBuf::from(std::env::var("MASKPIPE_STACK_DIR").unwrap_or_else(|_| ".data".into()));
-    let (pinned, split) = if args.no_pin {
-        (
-            None,
-            "none (--no-pin): the consumers share every CPU with LocalStack".to_owned(),
-        )
+    let pinned = if args.no_pin {
+        Err("--no-pin".to_owned())
     } else {
-        match pinning::ServerCore::pin(&stack_dir) {
-            Ok(pinned) => {
-                let split = pinned.describe();
-                (Some(pinned), split)
-            }
-            Err(error) => (
-                None,
-                format!("none ({error:#}): the consumers share every CPU with LocalStack"),
-            ),
-        }
+        pinning::ServerCore::pin(&stack_dir).map_err(|error| format!("{error:#}"))
+    };
+    let split = match &pinned {
+        Ok(pinned) => pinned.describe(),
+        Err(why) => format!("none ({why}): the consumers share every CPU with LocalStack"),
     };
     eprintln!("CPU split for the end-to-end stages: {split}");
     report
@@ -479,8 +471,8 @@ fn pin(args: &Args, report: &mut Report) -> Option<pinning::ServerCore> {
         .push(format!("CPU split for the end-to-end stages: {split}.\n"));
     report
         .summary
-        .insert("e2e_server_has_own_cpu".into(), json!(pinned.is_some()));
-    pinned
+        .insert("e2e_server_has_own_cpu".into(), json!(pinned.is_ok()));
+    pinned.ok()
 }
 
 async fn preload(queue: &SqsSource, bodies: &[String]) -> Result<()> {

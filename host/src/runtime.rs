@@ -13,7 +13,8 @@
 //! that imports anything else is refused at load.
 //!
 //! The boundary is built for few crossings: a batch goes in packed (one
-//! string of bodies and two lists, reusing one host buffer), and the PII
+//! string of bodies and two lists, reusing one host buffer), its rows come
+//! out packed (one text, which their fields are spans of), and the PII
 //! values a row asks to be protected are masked here, with the worker's
 //! keyring, as the row comes out, not by calls from inside the component.
 
@@ -324,19 +325,21 @@ impl Worker {
             .instance
             .call_transform_batch(&mut self.store, self.packed.as_wit())
             .map_err(|error| Rejection::new(reason::TRANSFORM_TRAP, describe_failure(&error)))?;
-        if outcomes.len() != messages.len() {
+        if outcomes.each.len() != messages.len() {
             return Err(Rejection::new(
                 reason::CONTRACT_VIOLATION,
                 format!(
                     "the transform returned {} outcomes for {} messages",
-                    outcomes.len(),
+                    outcomes.each.len(),
                     messages.len()
                 ),
             ));
         }
+        let text = outcomes.text.as_str();
         Ok(outcomes
+            .each
             .into_iter()
-            .map(|outcome| from_wit(outcome, &self.keyring))
+            .map(|outcome| from_wit(outcome, text, &self.keyring))
             .collect())
     }
 
@@ -426,7 +429,7 @@ impl HostMonotonicClock for FrozenClock {
 }
 
 /// The version of `wit/transform.wit` this host speaks.
-const CONTRACT_VERSION: &str = "0.2.0";
+const CONTRACT_VERSION: &str = "0.3.0";
 
 fn check_imports(engine: &Engine, component: &Component) -> Result<()> {
     let component_type = component.component_type();
@@ -448,52 +451,69 @@ fn check_imports(engine: &Engine, component: &Component) -> Result<()> {
     Ok(())
 }
 
-/// A component's outcome as the host's, its PII protected as the row asks
-/// (keyed by column: `ip`, `device_id`) and its values checked against
-/// the table.
-fn from_wit(outcome: wit::Outcome, keyring: &Keyring) -> Outcome {
+/// A component's outcome as the host's: its strings cut from the batch's
+/// `text`, its PII protected as the row asks (keyed by column: `ip`,
+/// `device_id`) and its values checked against the table.
+fn from_wit(outcome: wit::Outcome, text: &str, keyring: &Keyring) -> Outcome {
     match outcome {
         wit::Outcome::Rejected(rejection) => {
             Outcome::Rejected(Rejection::new(&rejection.code, rejection.detail).sanitized())
         }
-        wit::Outcome::Row(row) => {
-            let create_date = match row.create_date {
-                None => None,
-                Some(date) => {
-                    match NaiveDate::from_ymd_opt(date.year, date.month.into(), date.day.into()) {
-                        Some(date) => Some(date),
-                        None => {
-                            return Outcome::Rejected(Rejection::new(
-                                reason::CONTRACT_VIOLATION,
-                                "the transform returned an impossible create_date",
-                            ));
-                        }
-                    }
-                }
-            };
-            let row = Row {
-                user_id: row.user_id,
-                device_type: row.device_type,
-                masked_ip: protect(keyring, "ip", row.masked_ip),
-                masked_device_id: protect(keyring, "device_id", row.masked_device_id),
-                locale: row.locale,
-                app_version: row.app_version,
-                create_date,
-            };
-            match row.check_columns() {
+        wit::Outcome::Row(row) => match row_from_wit(row, text, keyring) {
+            Ok(row) => match row.check_columns() {
                 Ok(()) => Outcome::Row(row),
                 Err(rejection) => Outcome::Rejected(rejection),
+            },
+            Err(violation) => {
+                Outcome::Rejected(Rejection::new(reason::CONTRACT_VIOLATION, violation))
             }
-        }
+        },
     }
 }
 
-fn protect(keyring: &Keyring, field: &str, value: Option<wit::Protected>) -> Option<String> {
-    Some(match value? {
-        wit::Protected::Masked(value) => keyring.mask(field, &value),
-        wit::Protected::Pseudonymized(value) => keyring.pseudonymize(field, &value),
-        wit::Protected::Clear(value) => value,
+/// The row, or which part of it breaks the contract.
+fn row_from_wit(row: wit::LoginRow, text: &str, keyring: &Keyring) -> Result<Row, &'static str> {
+    let create_date = match row.create_date {
+        None => None,
+        Some(date) => Some(
+            NaiveDate::from_ymd_opt(date.year, date.month.into(), date.day.into())
+                .ok_or("the transform returned an impossible create_date")?,
+        ),
+    };
+    let string = |span: Option<wit::Span>| {
+        span.map(|span| cut(text, span).map(str::to_owned))
+            .transpose()
+    };
+    Ok(Row {
+        user_id: string(row.user_id)?,
+        device_type: string(row.device_type)?,
+        masked_ip: protect(keyring, "ip", row.masked_ip, text)?,
+        masked_device_id: protect(keyring, "device_id", row.masked_device_id, text)?,
+        locale: string(row.locale)?,
+        app_version: row.app_version,
+        create_date,
     })
+}
+
+/// The text a span names.
+fn cut(text: &str, span: wit::Span) -> Result<&str, &'static str> {
+    // `get` is None for a span past the end, backwards or inside a character.
+    text.get(span.start as usize..span.end as usize)
+        .ok_or("the transform returned a span outside its text")
+}
+
+fn protect(
+    keyring: &Keyring,
+    field: &str,
+    value: Option<wit::Protected>,
+    text: &str,
+) -> Result<Option<String>, &'static str> {
+    let Some(value) = value else { return Ok(None) };
+    Ok(Some(match value {
+        wit::Protected::Masked(span) => keyring.mask(field, cut(text, span)?),
+        wit::Protected::Pseudonymized(span) => keyring.pseudonymize(field, cut(text, span)?),
+        wit::Protected::Clear(span) => cut(text, span)?.to_owned(),
+    }))
 }
 
 /// A PII-free description of a failed call: trap codes only, never the
@@ -545,5 +565,72 @@ mod tests {
         assert_eq!(batch.bodies, "first✓third");
         assert_eq!(batch.body_ends, [8, 8, 13]);
         assert_eq!(batch.sent_timestamps_ms, [1, 2, 3]);
+    }
+
+    fn keyring() -> Keyring {
+        let key = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+        Keyring::new("k1", &crate::masking::MasterKey::parse(key).unwrap(), &[]).unwrap()
+    }
+
+    fn span(start: u32, end: u32) -> wit::Span {
+        wit::Span { start, end }
+    }
+
+    fn row(user_id: wit::Span, ip: wit::Protected) -> wit::Outcome {
+        wit::Outcome::Row(wit::LoginRow {
+            user_id: Some(user_id),
+            device_type: None,
+            masked_ip: Some(ip),
+            masked_device_id: None,
+            locale: None,
+            app_version: Some(230),
+            create_date: None,
+        })
+    }
+
+    #[test]
+    fn a_row_takes_its_strings_from_the_text_and_masks_what_it_asks() {
+        let keyring = keyring();
+        let text = "u-1✓10.0.0.1";
+        let Outcome::Row(got) = from_wit(
+            row(span(0, 6), wit::Protected::Masked(span(6, 14))),
+            text,
+            &keyring,
+        ) else {
+            panic!("expected a row");
+        };
+        assert_eq!(got.user_id.as_deref(), Some("u-1✓"));
+        let masked = got.masked_ip.unwrap();
+        assert_eq!(masked, keyring.mask("ip", "10.0.0.1"));
+        assert_eq!(keyring.reveal(&masked).unwrap(), b"10.0.0.1");
+        // Spans may share text.
+        let Outcome::Row(shared) = from_wit(
+            row(span(0, 3), wit::Protected::Clear(span(0, 3))),
+            text,
+            &keyring,
+        ) else {
+            panic!("expected a row");
+        };
+        assert_eq!(shared.masked_ip.as_deref(), Some("u-1"));
+    }
+
+    #[test]
+    fn a_span_outside_the_text_is_a_contract_violation_for_that_message() {
+        let keyring = keyring();
+        let text = "u-1✓10.0.0.1";
+        for (user_id, ip) in [
+            (span(0, 99), span(6, 14)),     // past the end
+            (span(4, 5), span(6, 14)),      // inside the ✓
+            (span(3, 1), span(6, 14)),      // backwards
+            (span(0, 3), span(6, 1 << 31)), // the protected value's
+        ] {
+            let Outcome::Rejected(rejection) =
+                from_wit(row(user_id, wit::Protected::Masked(ip)), text, &keyring)
+            else {
+                panic!("{user_id:?} {ip:?} should be refused");
+            };
+            assert_eq!(rejection.code, reason::CONTRACT_VIOLATION);
+            assert!(rejection.detail.contains("span"), "{rejection:?}");
+        }
     }
 }

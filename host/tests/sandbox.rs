@@ -64,6 +64,7 @@ fn each_kind_of_misbehaviour_costs_only_its_own_message() {
         login("PANIC-with-secret-199.172.111.135"),
         login("OVERFLOW"),
         login("SKIP"),
+        login("SPAN"),
         login("ok-3"),
     ];
     let started = std::time::Instant::now();
@@ -77,6 +78,7 @@ fn each_kind_of_misbehaviour_costs_only_its_own_message() {
             "transform_trap",
             "transform_trap",
             "column_overflow",
+            "transform_contract_violation",
             "transform_contract_violation",
             "row"
         ]
@@ -164,7 +166,7 @@ async fn the_pipeline_stays_up_and_dead_letters_only_the_poison() {
     let database = fresh_database().await;
     let queue = fresh_queue().await;
     let mut bodies: Vec<String> = (0..20).map(|n| login(&format!("fine-{n:02}"))).collect();
-    for marker in ["LOOP", "BOMB", "PANIC", "OVERFLOW", "SKIP"] {
+    for marker in ["LOOP", "BOMB", "PANIC", "OVERFLOW", "SKIP", "SPAN"] {
         bodies.push(login(marker));
     }
     queue.send(&bodies).await.unwrap();
@@ -205,7 +207,7 @@ async fn the_pipeline_stays_up_and_dead_letters_only_the_poison() {
         reasons,
         [
             ("column_overflow".to_owned(), 1),
-            ("transform_contract_violation".to_owned(), 1),
+            ("transform_contract_violation".to_owned(), 2),
             ("transform_trap".to_owned(), 3)
         ]
     );

@@ -5,8 +5,9 @@
 //! are protected is the one thing transforms differ in, so it is a
 //! parameter: a [`Protect`] policy, which only names the protection
 //! ([`Protected`]); the host, which holds the keys, carries it out. Also
-//! here: [`unpack`] for the packed batches the contract delivers, and the
-//! macros that export all of it as a component.
+//! here: [`unpack`] for the packed batches the contract delivers, [`RowText`]
+//! for the packed rows it returns, and the macros that export all of it as
+//! a component.
 
 use std::net::IpAddr;
 
@@ -465,27 +466,65 @@ pub fn unpack<'a>(
     })
 }
 
-/// Defines `fn to_wit_outcome(Result<Row, Rejection>) -> Outcome`, the
-/// conversion to the WIT types that `wit_bindgen::generate!` made in the
-/// calling crate. [`export_transformer!`] uses it; so can a hand-written
-/// `Guest` impl.
+/// The text of a batch's rows, as the WIT `outcomes` carries it: every
+/// string of every row back to back, each known by its span.
+#[derive(Debug, Default)]
+pub struct RowText(String);
+
+impl RowText {
+    /// Room for a batch of `bodies` bytes: a row's strings are mostly parts
+    /// of its body, so that is a good first guess.
+    pub fn for_bodies(bodies: &str) -> Self {
+        Self(String::with_capacity(bodies.len()))
+    }
+
+    /// Appends `value`; its span in the text, `start..end` in bytes. (On
+    /// wasm32 a text cannot outgrow `u32`; natively, a span past it
+    /// saturates, and the host refuses it as out of range.)
+    pub fn push(&mut self, value: &str) -> (u32, u32) {
+        let offset = |at: usize| u32::try_from(at).unwrap_or(u32::MAX);
+        let start = offset(self.0.len());
+        self.0.push_str(value);
+        (start, offset(self.0.len()))
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// Defines `fn to_wit_outcome(Result<Row, Rejection>, &mut RowText) ->
+/// Outcome`, the conversion to the WIT types that `wit_bindgen::generate!`
+/// made in the calling crate. [`export_transformer!`] uses it; so can a
+/// hand-written `Guest` impl.
 #[macro_export]
 macro_rules! wit_outcome {
     () => {
-        fn to_wit_outcome(result: Result<$crate::Row, $crate::Rejection>) -> Outcome {
-            use maskpipe::transform::types::{Date, LoginRow, Protected, Rejection};
-            let protected = |value: $crate::Protected| match value {
-                $crate::Protected::Masked(value) => Protected::Masked(value),
-                $crate::Protected::Pseudonymized(value) => Protected::Pseudonymized(value),
-                $crate::Protected::Clear(value) => Protected::Clear(value),
-            };
+        fn to_wit_outcome(
+            result: Result<$crate::Row, $crate::Rejection>,
+            text: &mut $crate::RowText,
+        ) -> maskpipe::transform::types::Outcome {
+            use maskpipe::transform::types::{Date, LoginRow, Outcome, Protected, Rejection, Span};
+            fn span(text: &mut $crate::RowText, value: &str) -> Span {
+                let (start, end) = text.push(value);
+                Span { start, end }
+            }
+            fn protected(text: &mut $crate::RowText, value: &$crate::Protected) -> Protected {
+                match value {
+                    $crate::Protected::Masked(value) => Protected::Masked(span(text, value)),
+                    $crate::Protected::Pseudonymized(value) => {
+                        Protected::Pseudonymized(span(text, value))
+                    }
+                    $crate::Protected::Clear(value) => Protected::Clear(span(text, value)),
+                }
+            }
             match result {
                 Ok(row) => Outcome::Row(LoginRow {
-                    user_id: Some(row.user_id),
-                    device_type: Some(row.device_type),
-                    masked_ip: Some(protected(row.masked_ip)),
-                    masked_device_id: Some(protected(row.masked_device_id)),
-                    locale: row.locale,
+                    user_id: Some(span(text, &row.user_id)),
+                    device_type: Some(span(text, &row.device_type)),
+                    masked_ip: Some(protected(text, &row.masked_ip)),
+                    masked_device_id: Some(protected(text, &row.masked_device_id)),
+                    locale: row.locale.as_deref().map(|locale| span(text, locale)),
                     app_version: Some(row.app_version),
                     create_date: Some(Date {
                         year: row.create_date.year,
@@ -518,15 +557,24 @@ macro_rules! export_transformer {
         struct $component;
 
         impl Guest for $component {
-            fn transform_batch(batch: Batch) -> Vec<Outcome> {
+            fn transform_batch(batch: Batch) -> Outcomes {
                 let policy = $policy;
-                $crate::unpack(&batch.bodies, &batch.body_ends, &batch.sent_timestamps_ms)
-                    .map(|message| {
-                        to_wit_outcome(
-                            message.and_then(|(body, sent)| $crate::transform(body, sent, &policy)),
-                        )
-                    })
-                    .collect()
+                let mut text = $crate::RowText::for_bodies(&batch.bodies);
+                let each =
+                    $crate::unpack(&batch.bodies, &batch.body_ends, &batch.sent_timestamps_ms)
+                        .map(|message| {
+                            to_wit_outcome(
+                                message.and_then(|(body, sent)| {
+                                    $crate::transform(body, sent, &policy)
+                                }),
+                                &mut text,
+                            )
+                        })
+                        .collect();
+                Outcomes {
+                    text: text.into_string(),
+                    each,
+                }
             }
         }
 
@@ -548,6 +596,15 @@ mod tests {
 
     fn rejection_code(body: &str) -> &'static str {
         run(body).expect_err("should be rejected").code
+    }
+
+    #[test]
+    fn row_text_hands_out_the_span_of_each_string() {
+        let mut text = RowText::for_bodies("{}");
+        assert_eq!(text.push("ab"), (0, 2));
+        assert_eq!(text.push(""), (2, 2));
+        assert_eq!(text.push("✓x"), (2, 6));
+        assert_eq!(text.into_string(), "ab✓x");
     }
 
     #[test]

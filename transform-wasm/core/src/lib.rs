@@ -6,8 +6,10 @@
 //! parameter: a [`Protect`] policy, which only names the protection
 //! ([`Protected`]); the host, which holds the keys, carries it out. Also
 //! here: [`unpack`] for the packed batches the contract delivers, [`RowText`]
-//! for the packed rows it returns, and the macros that export all of it as
-//! a component.
+//! for the packed rows it returns, the macros that export all of it as a
+//! component, and [`arena`], the allocator that suits components.
+
+pub mod arena;
 
 use std::net::IpAddr;
 

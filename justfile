@@ -92,8 +92,17 @@ generate count *args: build
 validate-deploy:
     scripts/validate-deploy.sh
 
-# Formatting and lints, as CI checks them.
+# Formatting and lints: the workspace natively, then every component crate as wasm.
 lint: toolchain
+    #!/usr/bin/env bash
+    set -euo pipefail
     cargo fmt --all -- --check
     cargo clippy --release --workspace --all-targets -- -D warnings
-    cargo clippy --release -p transform-wasm --target {{wasm_target}} -- -D warnings
+    # The transforms (found as build-transform finds them), their shared
+    # login-core (whose arena is wasm-only) and the sandbox fixtures.
+    packages=(-p login-core -p fixture-hostile -p fixture-fs-reader)
+    for manifest in transform-wasm/Cargo.toml transform-wasm/*/Cargo.toml; do
+        grep -q cdylib "$manifest" || continue
+        packages+=(-p "$(sed -n 's/^name = "\(.*\)"/\1/p' "$manifest" | head -1)")
+    done
+    cargo clippy --release --target {{wasm_target}} "${packages[@]}" -- -D warnings

@@ -93,7 +93,8 @@ impl BatchArena {
     }
 
     /// Bytes in use from the start of the arena (0 once it has started over).
-    pub fn used(&self) -> usize {
+    #[cfg(test)]
+    fn used(&self) -> usize {
         // SAFETY: a read of the state, on the one thread that uses it.
         unsafe { (*self.state.get()).next }
     }

@@ -17,10 +17,10 @@ use crate::swap::vectors_path;
 use crate::vectors;
 
 /// Runs golden vectors through a component; prints a diff for each failure.
-pub fn test(component: &Path, vectors_file: Option<&Path>) -> Result<ExitCode> {
+pub async fn test(component: &Path, vectors_file: Option<&Path>) -> Result<ExitCode> {
     let vectors_file = vectors_file.map_or_else(|| vectors_path(component), Path::to_path_buf);
     let started = Instant::now();
-    let (count, failures) = vectors::check_file(component, &vectors_file)?;
+    let (count, failures) = vectors::check_file(component, &vectors_file).await?;
     for failure in &failures {
         println!(
             "FAIL line {} ({}):\n{}",
@@ -46,7 +46,7 @@ pub fn test(component: &Path, vectors_file: Option<&Path>) -> Result<ExitCode> {
 
 /// Describes a component: digest, size, WIT world, imports and exports, and
 /// whether maskpipe would load it.
-pub fn inspect(component: &Path) -> Result<String> {
+pub async fn inspect(component: &Path) -> Result<String> {
     let bytes =
         std::fs::read(component).with_context(|| format!("cannot read {}", component.display()))?;
     let engine = runtime::engine()?;
@@ -54,7 +54,7 @@ pub fn inspect(component: &Path) -> Result<String> {
     let _ = writeln!(out, "component  {}", component.display());
     let _ = writeln!(out, "size       {} bytes", bytes.len());
 
-    let loaded = Transform::from_bytes(&engine, &bytes, Limits::default());
+    let loaded = Transform::from_bytes(&engine, bytes.clone(), Limits::default()).await;
     match &loaded {
         Ok(transform) => {
             let _ = writeln!(out, "sha256     {}", transform.digest());
@@ -62,6 +62,7 @@ pub fn inspect(component: &Path) -> Result<String> {
                 out,
                 "verdict    loadable: imports only what maskpipe grants, exports the transformer world"
             );
+            let _ = writeln!(out, "reasons    {}", transform.reason_codes().join(", "));
         }
         Err(error) => {
             let _ = writeln!(out, "verdict    REFUSED: {error:#}");

@@ -143,10 +143,10 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Transform(TransformCommand::Test { component, vectors }) => {
-            author::test(&component, vectors.as_deref())
+            author::test(&component, vectors.as_deref()).await
         }
         Command::Transform(TransformCommand::Inspect { component }) => {
-            print!("{}", author::inspect(&component)?);
+            print!("{}", author::inspect(&component).await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue(QueueCommand::Load {
@@ -164,7 +164,8 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let keyring = args.keys.keyring()?;
     let settings = args.settings()?;
     let engine = runtime::engine_with_cache(args.cache_dir().as_deref())?;
-    let (transform, validation) = swap::load_validated(&engine, &args.transform, args.limits())?;
+    let (transform, validation) =
+        swap::load_validated(&engine, &args.transform, args.limits()).await?;
     tracing::info!(
         "loaded transform sha256:{} ({} bytes) from {}, validated with {validation}",
         short(transform.digest()),
@@ -210,14 +211,21 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let reloading = tokio::spawn(reloader.run(shutdown.clone()));
     let drain = settings.drain;
     let pipeline = Pipeline::new(source.clone(), published, keyring, settings);
-    let summary = pipeline.run(shutdown).await?;
+    let summary = pipeline.run(shutdown.clone()).await?;
     reloading.abort();
 
     let depth = source.depth().await.ok();
+    let ending = if *shutdown.borrow() {
+        "stopped by a signal"
+    } else if drain {
+        "queue drained"
+    } else {
+        "stopped"
+    };
     print_summary(
         &summary,
         started,
-        drain,
+        ending,
         depth.map(|d| d.visible + d.in_flight),
     );
     Ok(ExitCode::SUCCESS)
@@ -255,7 +263,7 @@ async fn wait_for_signal() {
     }
 }
 
-fn print_summary(summary: &Summary, started: Instant, drained: bool, left: Option<u64>) {
+fn print_summary(summary: &Summary, started: Instant, ending: &str, left: Option<u64>) {
     let elapsed = started.elapsed().as_secs_f64();
     let reasons = summary
         .dead_letters_by_reason
@@ -264,11 +272,7 @@ fn print_summary(summary: &Summary, started: Instant, drained: bool, left: Optio
         .collect::<Vec<_>>()
         .join(", ");
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "maskpipe: {} after {elapsed:.1} s",
-        if drained { "queue drained" } else { "stopped" }
-    );
+    let _ = writeln!(out, "maskpipe: {ending} after {elapsed:.1} s");
     let _ = writeln!(out, "  messages received   {}", summary.received);
     let _ = writeln!(out, "  rows written        {}", summary.rows);
     let _ = writeln!(

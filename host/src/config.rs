@@ -139,6 +139,16 @@ pub struct RunArgs {
     #[arg(long, env = "MASKPIPE_PROGRESS_SECONDS", default_value_t = 5)]
     pub progress_seconds: u64,
 
+    /// Testing only: the first N batches received make their poller panic
+    /// (the supervisor's tests).
+    #[arg(
+        long,
+        env = "MASKPIPE_INJECT_POLLER_FAILURES",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub inject_poller_failures: u64,
+
     #[command(flatten)]
     pub keys: KeyArgs,
 }
@@ -178,6 +188,7 @@ impl RunArgs {
             visibility_timeout: self
                 .visibility_timeout_seconds
                 .map(|s| Duration::from_secs(s.into())),
+            inject_poller_failures: self.inject_poller_failures,
         })
     }
 }

@@ -14,8 +14,9 @@
 //! * [`masking`]: deterministic, reversible masking and dead-letter sealing.
 //! * [`record`]: rows and rejections, and the `user_logins` column limits.
 //! * [`sink`]: one transaction per batch: ledger, rows, dead letters;
-//!   [`tls`]: how its connections are secured.
-//! * [`pipeline`]: the pollers that drive a batch through all of the above.
+//!   [`tls`]: how its connections are secured; [`dberror`]: which failed
+//!   writes to retry and which to split down to the refused rows.
+//! * [`pipeline`]: the supervised pollers that drive a batch through all of the above.
 //! * [`swap`]: which component runs: validation, file watching, hot swap.
 //! * [`ops`]: Prometheus metrics, `/healthz` and `/readyz`.
 //! * [`config`] and [`cli`]: settings from the environment and flags; commands.
@@ -24,6 +25,7 @@
 pub mod author;
 pub mod cli;
 pub mod config;
+pub mod dberror;
 pub mod masking;
 pub mod ops;
 pub mod pipeline;

@@ -34,6 +34,13 @@ pub const COMMIT_SECONDS: &str = "maskpipe_batch_commit_seconds";
 pub const QUEUE_MESSAGES: &str = "maskpipe_queue_messages";
 pub const TRANSFORM_INFO: &str = "maskpipe_transform_info";
 pub const SWAPS: &str = "maskpipe_transform_swaps_total";
+pub const POLLER_RESTARTS: &str = "maskpipe_poller_restarts_total";
+
+/// Distinct `reason` label values kept: codes are declared by components
+/// (at most 64 each), but swaps can bring new ones for ever.
+const MAX_REASON_LABELS: usize = 128;
+/// The label of every reason code past [`MAX_REASON_LABELS`].
+pub const OTHER_REASON: &str = "other";
 
 /// Seconds, from 100 µs to 10 s: a batch's transform and commit times.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -81,7 +88,26 @@ pub fn install_recorder() -> Result<PrometheusHandle> {
         "1 for the running transform component, by sha256 digest"
     );
     metrics::describe_counter!(SWAPS, "Transform hot swaps, by result");
+    metrics::describe_counter!(
+        POLLER_RESTARTS,
+        "Pollers that failed and were restarted by the supervisor"
+    );
     Ok(handle)
+}
+
+/// The `reason` label for a dead letter's code: the code itself while fewer
+/// than [`MAX_REASON_LABELS`] distinct ones were seen, `other` after.
+pub fn reason_label(code: &str) -> String {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if seen.iter().any(|known| known == code) {
+        return code.to_owned();
+    }
+    if seen.len() < MAX_REASON_LABELS {
+        seen.push(code.to_owned());
+        return code.to_owned();
+    }
+    OTHER_REASON.to_owned()
 }
 
 /// Marks `transform` as the running component (and `previous` as not).

@@ -14,12 +14,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use std::future::Future;
+use std::pin::Pin;
+
+use anyhow::{Result, bail};
 use tokio::sync::watch;
 
+use crate::dberror::{self, WriteFailure};
 use crate::masking::Keyring;
 use crate::ops;
-use crate::record::Outcome;
+use crate::record::{Outcome, Rejection, reason};
 use crate::runtime::{Transform, Worker};
 use crate::sink::{Database, PgSink, Processed, WriteReport};
 use crate::source::{Received, SqsSource};
@@ -38,6 +42,9 @@ pub struct Settings {
     /// The visibility timeout to keep in-flight batches under; `None` reads
     /// the queue's own at startup.
     pub visibility_timeout: Option<Duration>,
+    /// For the supervisor's tests: the first this many batches received
+    /// make their poller panic instead of being processed.
+    pub inject_poller_failures: u64,
 }
 
 /// In drain mode an empty receive ends a poller, so wait briefly.
@@ -45,6 +52,9 @@ const DRAIN_WAIT_SECONDS: i32 = 2;
 /// After a shutdown signal a failing write gets this many more attempts.
 const WRITE_ATTEMPTS_AFTER_SHUTDOWN: u32 = 3;
 const DELETE_ATTEMPTS: u32 = 3;
+/// A database error of no known kind that repeats this often on the same
+/// rows is treated as the rows' fault.
+const UNKNOWN_ERROR_REPEATS: u32 = 3;
 
 /// Counters shared by the pollers; the summary is a snapshot of them.
 #[derive(Default)]
@@ -55,6 +65,8 @@ pub struct Stats {
     duplicates: AtomicU64,
     delete_failures: AtomicU64,
     dead_letters_by_reason: Mutex<BTreeMap<String, u64>>,
+    /// Poller failures injected so far (`Settings::inject_poller_failures`).
+    injected_failures: AtomicU64,
     /// From the first message received to the last batch finished: the
     /// window throughput is measured over (startup and idle polls excluded).
     active: Mutex<Option<(Instant, Instant)>>,
@@ -78,7 +90,8 @@ impl Stats {
         metrics::counter!(ops::ROWS).increment(report.rows as u64);
         metrics::counter!(ops::DUPLICATES).increment(report.duplicates as u64);
         for reason in &report.dead_letter_reasons {
-            metrics::counter!(ops::DEAD_LETTERS, "reason" => reason.clone()).increment(1);
+            metrics::counter!(ops::DEAD_LETTERS, "reason" => ops::reason_label(reason))
+                .increment(1);
         }
         self.rows.fetch_add(report.rows as u64, Ordering::Relaxed);
         self.dead_letters
@@ -116,6 +129,14 @@ impl Stats {
         }
     }
 
+    /// Messages finished so far, however they ended: the supervisor's
+    /// measure of progress.
+    fn finished(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+            + self.dead_letters.load(Ordering::Relaxed)
+            + self.duplicates.load(Ordering::Relaxed)
+    }
+
     fn mark_active(&self, first: Instant) {
         let now = Instant::now();
         let mut active = self
@@ -140,6 +161,10 @@ pub struct Pipeline {
     stats: Arc<Stats>,
 }
 
+/// A poller that fails this many times in a row, with no batch finished by
+/// any poller in between, means the host cannot run: it stops and fails.
+const MAX_FAILURES_WITHOUT_PROGRESS: u32 = 5;
+
 impl Pipeline {
     pub fn new(
         source: SqsSource,
@@ -163,8 +188,11 @@ impl Pipeline {
 
     /// Runs until `shutdown` turns true (or, draining, the queue is empty).
     ///
-    /// Fails only at startup: database unreachable or schema not creatable,
-    /// component not instantiable.
+    /// Supervises the pollers: one that fails (a panic, whatever its cause)
+    /// is logged and restarted after a backoff; its batch, never deleted,
+    /// comes back from SQS. Fails at startup (database unreachable, schema
+    /// not creatable, component not instantiable) and when pollers keep
+    /// failing with no progress, never with a summary that hides it.
     pub async fn run(mut self, shutdown: watch::Receiver<bool>) -> Result<Summary> {
         self.visibility_timeout = match self.settings.visibility_timeout {
             Some(timeout) => timeout,
@@ -172,34 +200,80 @@ impl Pipeline {
         };
         let mut first_sink = PgSink::connect(&self.settings.database).await?;
         first_sink.ensure_schema().await?;
-        let mut first_sink = Some(first_sink);
+        // Fail now, not in every poller, if the component cannot run at all.
+        let first_worker = self
+            .current_transform()
+            .worker(Arc::clone(&self.keyring))
+            .await?;
 
+        // The pollers stop on the caller's signal, or when the supervisor
+        // gives up on them.
+        let (stop, stopped) = watch::channel(false);
+        let forward = tokio::spawn(forward_shutdown(shutdown, stop.clone()));
         let shared = Arc::new(self);
         let mut pollers = tokio::task::JoinSet::new();
+        let mut index_of = std::collections::HashMap::new();
+        let mut first = Some((first_sink, first_worker));
         for index in 0..shared.settings.pollers.max(1) {
-            let worker = shared
-                .current_transform()
-                .worker(Arc::clone(&shared.keyring))?;
-            let poller = Poller {
-                index,
-                shared: Arc::clone(&shared),
-                worker: Some(worker),
-                sink: if index == 0 { first_sink.take() } else { None },
-                shutdown: shutdown.clone(),
-            };
-            pollers.spawn(poller.run());
+            let (sink, worker) = first
+                .take()
+                .map_or((None, None), |(s, w)| (Some(s), Some(w)));
+            let poller = Poller::new(index, &shared, stopped.clone(), sink, worker);
+            index_of.insert(pollers.spawn(poller.run(Duration::ZERO)).id(), index);
         }
         let progress = shared
             .settings
             .progress_every
             .map(|every| tokio::spawn(report_progress(Arc::clone(&shared.stats), every)));
-        while let Some(joined) = pollers.join_next().await {
-            if let Err(error) = joined {
-                tracing::error!("a poller panicked: {error}");
+
+        let mut failures_without_progress = 0u32;
+        let mut progress_at_last_failure = shared.stats.finished();
+        let mut gave_up = None;
+        while let Some(joined) = pollers.join_next_with_id().await {
+            let Err(error) = joined else { continue };
+            let index = index_of.remove(&error.id()).unwrap_or(usize::MAX);
+            let finished = shared.stats.finished();
+            if finished != progress_at_last_failure {
+                failures_without_progress = 0;
+                progress_at_last_failure = finished;
             }
+            failures_without_progress += 1;
+            metrics::counter!(ops::POLLER_RESTARTS).increment(1);
+            // A panic's payload could quote a message: log only that it was one.
+            let what = if error.is_panic() {
+                "panicked"
+            } else {
+                "was cancelled"
+            };
+            if *stopped.borrow() {
+                tracing::warn!(poller = index, "a poller {what} while stopping");
+                continue;
+            }
+            if failures_without_progress > MAX_FAILURES_WITHOUT_PROGRESS {
+                tracing::error!(
+                    poller = index,
+                    "a poller {what}: {failures_without_progress} failures in a row with no \
+                     batch finished; stopping"
+                );
+                gave_up = Some(failures_without_progress);
+                let _ = stop.send(true);
+                continue;
+            }
+            let delay = Backoff::FIRST.saturating_mul(1 << failures_without_progress.min(6));
+            tracing::error!(
+                poller = index,
+                "a poller {what}; restarting it in {} ms (its batch will be redelivered)",
+                delay.as_millis()
+            );
+            let poller = Poller::new(index, &shared, stopped.clone(), None, None);
+            index_of.insert(pollers.spawn(poller.run(delay)).id(), index);
         }
+        forward.abort();
         if let Some(progress) = progress {
             progress.abort();
+        }
+        if let Some(failures) = gave_up {
+            bail!("the pollers keep failing ({failures} times in a row with no progress)");
         }
         Ok(shared.stats.summary())
     }
@@ -209,19 +283,50 @@ impl Pipeline {
     }
 }
 
+/// Passes the caller's shutdown on to the pollers' own stop channel.
+async fn forward_shutdown(mut shutdown: watch::Receiver<bool>, stop: watch::Sender<bool>) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+    let _ = stop.send(true);
+}
+
 struct Poller {
     index: usize,
     shared: Arc<Pipeline>,
-    /// `None` only while the worker is lent to a blocking thread.
     worker: Option<Worker>,
     sink: Option<PgSink>,
     shutdown: watch::Receiver<bool>,
 }
 
 impl Poller {
+    fn new(
+        index: usize,
+        shared: &Arc<Pipeline>,
+        shutdown: watch::Receiver<bool>,
+        sink: Option<PgSink>,
+        worker: Option<Worker>,
+    ) -> Self {
+        Self {
+            index,
+            shared: Arc::clone(shared),
+            worker,
+            sink,
+            shutdown,
+        }
+    }
+
     /// The receive loop returns no `Result` on purpose: every error is handled
     /// where it happens, so no `?` can quietly end a poller.
-    async fn run(mut self) {
+    async fn run(mut self, delay: Duration) {
+        if !delay.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = self.shutdown.changed() => return,
+            }
+        }
         let shared = Arc::clone(&self.shared);
         let settings = &shared.settings;
         let wait = if settings.drain {
@@ -236,6 +341,19 @@ impl Poller {
         loop {
             if *self.shutdown.borrow() {
                 break;
+            }
+            // Before receiving: a batch received without a worker to run it
+            // would only wait out its visibility timeout and count towards
+            // the redrive limit.
+            if let Err(error) = self.ensure_worker().await {
+                tracing::error!(
+                    poller = self.index,
+                    "cannot instantiate the transform, backing off: {error:#}"
+                );
+                if !backoff.wait(&mut self.shutdown).await {
+                    break;
+                }
+                continue;
             }
             let received = tokio::select! {
                 received = shared.source.receive(settings.batch_size, wait, visibility) => received,
@@ -260,7 +378,7 @@ impl Poller {
                 }
             };
             if messages.is_empty() {
-                if settings.drain {
+                if settings.drain && queue_is_empty(&shared.source, self.index).await {
                     break;
                 }
                 continue;
@@ -270,11 +388,42 @@ impl Poller {
                 .received
                 .fetch_add(messages.len() as u64, Ordering::Relaxed);
             metrics::counter!(ops::RECEIVED).increment(messages.len() as u64);
+            self.inject_failure();
             let received_at = Instant::now();
             self.process(messages).await;
             self.shared.stats.mark_active(received_at);
         }
         tracing::debug!(poller = self.index, "poller stopped");
+    }
+
+    /// Fault injection for the supervisor's tests; off (0) in normal runs.
+    fn inject_failure(&self) {
+        let wanted = self.shared.settings.inject_poller_failures;
+        if wanted > 0
+            && self
+                .shared
+                .stats
+                .injected_failures
+                .fetch_add(1, Ordering::Relaxed)
+                < wanted
+        {
+            panic!("injected poller failure");
+        }
+    }
+
+    /// A worker of the published component. Switching here, between
+    /// batches, is what makes a swap atomic: a batch runs start to finish
+    /// on one component.
+    async fn ensure_worker(&mut self) -> Result<()> {
+        let current = self.shared.current_transform();
+        if let Some(worker) = &self.worker
+            && Arc::ptr_eq(worker.transform(), &current)
+        {
+            return Ok(());
+        }
+        self.worker = None;
+        self.worker = Some(current.worker(Arc::clone(&self.shared.keyring)).await?);
+        Ok(())
     }
 
     /// Transform, commit, delete. On any transient failure the batch is left
@@ -295,7 +444,7 @@ impl Poller {
     }
 
     async fn transform_write_delete(&mut self, messages: Vec<Received>) {
-        let Some((messages, outcomes, digest)) = self.transform(messages).await else {
+        let Some((outcomes, digest)) = self.transform(&messages).await else {
             return;
         };
         let batch: Vec<Processed<'_>> = messages
@@ -310,108 +459,128 @@ impl Poller {
         self.delete(&messages).await;
     }
 
-    async fn transform(
-        &mut self,
-        messages: Vec<Received>,
-    ) -> Option<(Vec<Received>, Vec<Outcome>, String)> {
-        // Switching here, between batches, is what makes a swap atomic: a
-        // batch runs start to finish on one component.
-        let current = self.shared.current_transform();
-        let mut worker = match self.worker.take() {
-            Some(worker) if Arc::ptr_eq(worker.transform(), &current) => worker,
-            _ => match current.worker(Arc::clone(&self.shared.keyring)) {
-                Ok(worker) => worker,
-                Err(error) => {
-                    tracing::error!(
-                        poller = self.index,
-                        "cannot instantiate the transform: {error:#}"
-                    );
-                    return None;
-                }
-            },
-        };
+    async fn transform(&mut self, messages: &[Received]) -> Option<(Vec<Outcome>, String)> {
+        let worker = self.worker.as_mut()?;
         let started = Instant::now();
-        match worker.run_briefly(&messages) {
-            Ok(Some(outcomes)) => {
+        match worker.run(messages).await {
+            Ok(outcomes) => {
                 metrics::histogram!(ops::TRANSFORM_SECONDS).record(started.elapsed());
-                let digest = worker.digest().to_owned();
-                self.worker = Some(worker);
-                return Some((messages, outcomes, digest));
+                Some((outcomes, worker.digest().to_owned()))
             }
-            Ok(None) => {}
             Err(error) => {
+                // The next loop makes a new worker, backing off if it must.
                 tracing::error!(
                     poller = self.index,
                     "the transform runtime failed: {error:#}"
                 );
-                return None;
-            }
-        }
-        // A batch that outlasted the brief budget, or trapped: it may take up
-        // to the full deadline, so it runs where blocking is allowed.
-        let joined = tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let outcomes = worker.run(&messages);
-            metrics::histogram!(ops::TRANSFORM_SECONDS).record(started.elapsed());
-            (worker, messages, outcomes)
-        })
-        .await;
-        match joined {
-            Ok((worker, messages, Ok(outcomes))) => {
-                let digest = worker.digest().to_owned();
-                self.worker = Some(worker);
-                Some((messages, outcomes, digest))
-            }
-            Ok((_, _, Err(error))) => {
-                tracing::error!(
-                    poller = self.index,
-                    "the transform runtime failed: {error:#}"
-                );
-                None
-            }
-            Err(error) => {
-                tracing::error!(
-                    poller = self.index,
-                    "the transform thread panicked: {error}"
-                );
+                self.worker = None;
                 None
             }
         }
     }
 
+    /// Commits a batch; `None` leaves it to SQS to redeliver.
     async fn write(&mut self, batch: &[Processed<'_>], digest: &str) -> Option<WriteReport> {
-        let mut backoff = Backoff::default();
-        let mut attempts_left_after_shutdown = WRITE_ATTEMPTS_AFTER_SHUTDOWN;
-        loop {
-            let started = Instant::now();
-            match self.try_write(batch, digest).await {
-                Ok(report) => {
-                    metrics::histogram!(ops::COMMIT_SECONDS).record(started.elapsed());
-                    return Some(report);
-                }
-                Err(error) => {
-                    // A failed connection is replaced; a failed statement on a
-                    // live one is retried as is.
-                    self.sink.take_if(|sink| sink.is_closed());
-                    tracing::warn!(
+        let started = Instant::now();
+        let report = self.write_isolating(batch, digest, true).await?;
+        metrics::histogram!(ops::COMMIT_SECONDS).record(started.elapsed());
+        Some(report)
+    }
+
+    /// Writes `batch`, retrying what may pass and splitting what will not:
+    /// when PostgreSQL refuses the data, each half is written on its own
+    /// (each its own transaction, claimed in the ledger), down to the single
+    /// rows it refuses, which become `database_rejected` dead letters. A
+    /// dead letter it refuses too (`isolate` false) is left to SQS.
+    fn write_isolating<'w>(
+        &'w mut self,
+        batch: &'w [Processed<'w>],
+        digest: &'w str,
+        isolate: bool,
+    ) -> Pin<Box<dyn Future<Output = Option<WriteReport>> + Send + 'w>> {
+        Box::pin(async move {
+            let mut backoff = Backoff::default();
+            let mut attempts_left_after_shutdown = WRITE_ATTEMPTS_AFTER_SHUTDOWN;
+            let mut repeats = 0;
+            loop {
+                let error = match self.try_write(batch, digest).await {
+                    Ok(report) => return Some(report),
+                    Err(error) => error,
+                };
+                // A failed connection is replaced; a failed statement on a
+                // live one is retried as is.
+                self.sink.take_if(|sink| sink.is_closed());
+                let refused = match dberror::classify(&error) {
+                    WriteFailure::Transient => None,
+                    WriteFailure::Data { sqlstate } => Some(sqlstate),
+                    WriteFailure::Unknown { sqlstate } => {
+                        repeats += 1;
+                        (repeats >= UNKNOWN_ERROR_REPEATS).then_some(sqlstate)
+                    }
+                };
+                match refused {
+                    Some(sqlstate) if isolate => {
+                        tracing::warn!(
+                            poller = self.index,
+                            batch = batch.len(),
+                            sqlstate = %sqlstate,
+                            "PostgreSQL refused the batch's data; splitting it to find the rows"
+                        );
+                        return self.split(batch, digest, &sqlstate).await;
+                    }
+                    Some(sqlstate) => {
+                        tracing::error!(
+                            poller = self.index,
+                            sqlstate = %sqlstate,
+                            "PostgreSQL refused a dead letter; leaving its message to SQS"
+                        );
+                        return None;
+                    }
+                    None => tracing::warn!(
                         poller = self.index,
                         batch = batch.len(),
                         "database write failed, will retry: {error:#}"
-                    );
+                    ),
                 }
-            }
-            if *self.shutdown.borrow() {
-                attempts_left_after_shutdown -= 1;
-                if attempts_left_after_shutdown == 0 {
-                    tracing::warn!(
-                        poller = self.index,
-                        "giving up on a batch at shutdown; SQS will redeliver it"
-                    );
-                    return None;
+                if *self.shutdown.borrow() {
+                    attempts_left_after_shutdown -= 1;
+                    if attempts_left_after_shutdown == 0 {
+                        tracing::warn!(
+                            poller = self.index,
+                            "giving up on a batch at shutdown; SQS will redeliver it"
+                        );
+                        return None;
+                    }
                 }
+                backoff.sleep().await;
             }
-            backoff.sleep().await;
+        })
+    }
+
+    async fn split(
+        &mut self,
+        batch: &[Processed<'_>],
+        digest: &str,
+        sqlstate: &str,
+    ) -> Option<WriteReport> {
+        if let [one] = batch {
+            let refused = Outcome::Rejected(Rejection::new(
+                reason::DATABASE_REJECTED,
+                format!("PostgreSQL refused the row (SQLSTATE {sqlstate})"),
+            ));
+            let dead_letter = [Processed {
+                message: one.message,
+                outcome: &refused,
+            }];
+            return self.write_isolating(&dead_letter, digest, false).await;
         }
+        let (left, right) = batch.split_at(batch.len() / 2);
+        let mut report = self.write_isolating(left, digest, true).await?;
+        let right = self.write_isolating(right, digest, true).await?;
+        report.rows += right.rows;
+        report.duplicates += right.duplicates;
+        report.dead_letter_reasons.extend(right.dead_letter_reasons);
+        Some(report)
     }
 
     async fn try_write(&mut self, batch: &[Processed<'_>], digest: &str) -> Result<WriteReport> {
@@ -452,6 +621,18 @@ impl Poller {
                     metrics::counter!(ops::DELETES_FAILED).increment(messages.len() as u64);
                 }
             }
+        }
+    }
+}
+
+/// Draining ends only when nothing is left, not even in flight: messages
+/// another poller abandoned come back after their visibility timeout.
+async fn queue_is_empty(source: &SqsSource, poller: usize) -> bool {
+    match source.depth().await {
+        Ok(depth) => depth.visible + depth.in_flight == 0,
+        Err(error) => {
+            tracing::warn!(poller, "cannot read the queue depth: {error:#}");
+            false
         }
     }
 }

@@ -18,19 +18,56 @@ pub struct Row {
     pub create_date: Option<NaiveDate>,
 }
 
-/// Why a message became a dead letter: a stable code and a PII-free detail.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a message became a dead letter.
+///
+/// `code` and `detail` are stored unsealed and may reach logs and metrics,
+/// so only the host writes them: `code` is a host reason or one the
+/// component declared at load (before it saw any message), and `detail` is
+/// the host's own text. What the component said about the message is kept
+/// apart, in `transform_detail`, and is only ever stored sealed.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Rejection {
     pub code: String,
     pub detail: String,
+    pub transform_detail: Option<String>,
 }
 
 impl Rejection {
+    /// A rejection the host makes: `detail` must be the host's own text.
     pub fn new(code: &str, detail: impl Into<String>) -> Self {
         Self {
             code: code.to_owned(),
             detail: detail.into(),
+            transform_detail: None,
         }
+    }
+
+    /// A component's rejection under a code it declared; its detail, which
+    /// could quote the message, is bounded and kept for sealing.
+    pub fn from_transform(declared_code: &str, detail: String) -> Self {
+        let mut detail = detail.replace('\0', "");
+        if let Some((cut, _)) = detail.char_indices().nth(DETAIL_MAX_CHARS) {
+            detail.truncate(cut);
+        }
+        Self {
+            code: declared_code.to_owned(),
+            detail: "rejected by the transform (its detail is sealed with the body)".to_owned(),
+            transform_detail: Some(detail),
+        }
+    }
+}
+
+/// The transform's detail stays out of `Debug`: it could quote the message.
+impl std::fmt::Debug for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rejection")
+            .field("code", &self.code)
+            .field("detail", &self.detail)
+            .field(
+                "transform_detail",
+                &self.transform_detail.as_ref().map(|_| "<sealed>"),
+            )
+            .finish()
     }
 }
 
@@ -48,19 +85,52 @@ pub mod reason {
     pub const COLUMN_OVERFLOW: &str = "column_overflow";
     /// The component broke the contract (wrong number of outcomes, bad date, bad code).
     pub const CONTRACT_VIOLATION: &str = "transform_contract_violation";
+    /// PostgreSQL refused the row for its data (a CHECK, a trigger, a
+    /// domain, a permission): found by splitting the batch until it is alone.
+    pub const DATABASE_REJECTED: &str = "database_rejected";
+
+    /// Codes a component may not declare.
+    pub const HOST_CODES: &[&str] = &[
+        TRANSFORM_TRAP,
+        COLUMN_OVERFLOW,
+        CONTRACT_VIOLATION,
+        DATABASE_REJECTED,
+    ];
 }
 
-const REASON_CODE_MAX_LEN: usize = 64;
+/// The most of a component's detail kept (sealed).
 const DETAIL_MAX_CHARS: usize = 512;
+
+/// `masked_ip` and `masked_device_id` are varchar(256).
+pub const PROTECTED_COLUMN_CHARS: usize = 256;
+/// The years PostgreSQL's `date` spans: 4713 BC (year -4712) to 5874897 AD.
+pub const MIN_DATE_YEAR: i32 = -4712;
+pub const MAX_DATE_YEAR: i32 = 5_874_897;
 
 /// `(column, varchar limit in characters)` of `user_logins`.
 const TEXT_COLUMNS: [(&str, usize); 5] = [
     ("user_id", 128),
     ("device_type", 32),
-    ("masked_ip", 256),
-    ("masked_device_id", 256),
+    ("masked_ip", PROTECTED_COLUMN_CHARS),
+    ("masked_device_id", PROTECTED_COLUMN_CHARS),
     ("locale", 32),
 ];
+
+/// The varchar limit, in characters, of a text column of `user_logins`.
+pub fn column_limit(column: &str) -> usize {
+    TEXT_COLUMNS
+        .iter()
+        .find(|(name, _)| *name == column)
+        .map_or(0, |(_, limit)| *limit)
+}
+
+/// The rejection of a value too long for its column.
+pub fn overflow(column: &str, limit: usize) -> Rejection {
+    Rejection::new(
+        reason::COLUMN_OVERFLOW,
+        format!("column `{column}` would exceed varchar({limit})"),
+    )
+}
 
 impl Row {
     fn text_columns(&self) -> [&Option<String>; 5] {
@@ -85,41 +155,10 @@ impl Row {
                 ));
             }
             if value.len() > *limit && value.chars().count() > *limit {
-                return Err(Rejection::new(
-                    reason::COLUMN_OVERFLOW,
-                    format!("column `{column}` would exceed varchar({limit})"),
-                ));
+                return Err(overflow(column, *limit));
             }
         }
         Ok(())
-    }
-}
-
-impl Rejection {
-    /// Keeps a component's rejection within the dead-letter table's shape: a
-    /// well-formed code, and a bounded detail.
-    pub fn sanitized(self) -> Rejection {
-        let code_ok = !self.code.is_empty()
-            && self.code.len() <= REASON_CODE_MAX_LEN
-            && self
-                .code
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if !code_ok {
-            return Rejection::new(
-                reason::CONTRACT_VIOLATION,
-                "the transform rejected the message with a malformed reason code",
-            );
-        }
-        let detail = if self.detail.chars().count() > DETAIL_MAX_CHARS {
-            self.detail.chars().take(DETAIL_MAX_CHARS).collect()
-        } else {
-            self.detail
-        };
-        Rejection {
-            code: self.code,
-            detail: detail.replace('\0', ""),
-        }
     }
 }
 
@@ -155,17 +194,22 @@ mod tests {
     }
 
     #[test]
-    fn malformed_reason_codes_become_contract_violations() {
+    fn a_transform_detail_is_bounded_and_kept_out_of_debug() {
+        let rejection = Rejection::from_transform("ok_code", "d\0".repeat(10_000));
+        assert_eq!(rejection.code, "ok_code");
         assert_eq!(
-            Rejection::new("Bad Code!", "x").sanitized().code,
-            reason::CONTRACT_VIOLATION
+            rejection.transform_detail.as_deref().map(str::len),
+            Some(DETAIL_MAX_CHARS)
         );
-        assert_eq!(
-            Rejection::new("", "x").sanitized().code,
-            reason::CONTRACT_VIOLATION
-        );
-        let long = Rejection::new("ok_code", "d".repeat(10_000)).sanitized();
-        assert_eq!(long.code, "ok_code");
-        assert_eq!(long.detail.len(), DETAIL_MAX_CHARS);
+        let secret = Rejection::from_transform("c", "ip 199.172.111.135".into());
+        assert!(!format!("{secret:?}").contains("199"), "{secret:?}");
+        assert!(!secret.detail.contains("199"));
+    }
+
+    #[test]
+    fn column_limits_are_the_tables() {
+        assert_eq!(column_limit("user_id"), 128);
+        assert_eq!(column_limit("masked_ip"), 256);
+        assert_eq!(column_limit("locale"), 32);
     }
 }

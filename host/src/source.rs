@@ -21,8 +21,9 @@ pub const MAX_BATCH: usize = 10;
 /// SQS's longest long poll.
 pub const MAX_WAIT_SECONDS: i32 = 20;
 
-/// One message as the pipeline sees it.
-#[derive(Debug, Clone)]
+/// One message as the pipeline sees it. Its `Debug` leaves out the body
+/// and the receipt handle: a body is PII until the transform says otherwise.
+#[derive(Clone)]
 pub struct Received {
     /// Stable across redeliveries: the ledger's key.
     pub id: String,
@@ -30,6 +31,16 @@ pub struct Received {
     pub receipt_handle: String,
     pub body: String,
     pub sent_timestamp_ms: u64,
+}
+
+impl std::fmt::Debug for Received {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Received")
+            .field("id", &self.id)
+            .field("body_bytes", &self.body.len())
+            .field("sent_timestamp_ms", &self.sent_timestamp_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Received {

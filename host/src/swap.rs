@@ -60,13 +60,13 @@ impl std::fmt::Display for Validation {
 }
 
 /// Loads and validates the component at `path`.
-pub fn load_validated(
+pub async fn load_validated(
     engine: &Engine,
     path: &Path,
     limits: Limits,
 ) -> Result<(Arc<Transform>, Validation)> {
-    let transform = Arc::new(Transform::load(engine, path, limits)?);
-    let validation = validate(&transform, path).with_context(|| {
+    let transform = Arc::new(Transform::load(engine, path, limits).await?);
+    let validation = validate(&transform, path).await.with_context(|| {
         format!(
             "component sha256:{} failed validation",
             short(transform.digest())
@@ -76,13 +76,13 @@ pub fn load_validated(
 }
 
 /// Runs the vectors beside `path`, or the canary set, through `transform`.
-pub fn validate(transform: &Arc<Transform>, path: &Path) -> Result<Validation> {
+pub async fn validate(transform: &Arc<Transform>, path: &Path) -> Result<Validation> {
     let vectors_file = vectors_path(path);
     if vectors_file.exists() {
         let text = std::fs::read_to_string(&vectors_file)
             .with_context(|| format!("cannot read {}", vectors_file.display()))?;
         let vectors = vectors::parse(&text, &vectors::test_keyring())?;
-        let failures = vectors::check(transform, &vectors)?;
+        let failures = vectors::check(transform, &vectors).await?;
         if let Some(first) = failures.first() {
             bail!(
                 "{} of {} vectors in {} failed; first, line {} ({}):\n{}",
@@ -99,18 +99,18 @@ pub fn validate(transform: &Arc<Transform>, path: &Path) -> Result<Validation> {
             count: vectors.len(),
         });
     }
-    canary(transform)
+    canary(transform).await
 }
 
-fn canary(transform: &Arc<Transform>) -> Result<Validation> {
+async fn canary(transform: &Arc<Transform>) -> Result<Validation> {
     let messages: Vec<Received> = CANARY_BODIES
         .lines()
         .enumerate()
         .map(|(index, body)| Received::local(format!("canary-{index}"), body, 1_670_839_200_000))
         .collect();
-    let mut worker = transform.worker(vectors::test_keyring())?;
+    let mut worker = transform.worker(vectors::test_keyring()).await?;
     for chunk in messages.chunks(crate::source::MAX_BATCH) {
-        for (message, outcome) in chunk.iter().zip(worker.run(chunk)?) {
+        for (message, outcome) in chunk.iter().zip(worker.run(chunk).await?) {
             let is_login = message.body.contains("\"user_id\"");
             match (is_login, &outcome) {
                 (true, Outcome::Row(_)) | (false, Outcome::Rejected(_)) => {}
@@ -234,13 +234,11 @@ impl Reloader {
             // Unreadable (mid-rename?) or changed: let loading say which.
             _ => {}
         }
-        let engine = self.engine.clone();
-        let path = self.path.clone();
-        let limits = self.limits;
-        let candidate =
-            tokio::task::spawn_blocking(move || load_validated(&engine, &path, limits)).await;
+        let (engine, path, limits) = (&self.engine, &self.path, self.limits);
+        // Compilation runs on a blocking thread inside; validation yields.
+        let candidate = load_validated(engine, path, limits).await;
         match candidate {
-            Ok(Ok((new, validation))) => {
+            Ok((new, validation)) => {
                 if new.digest() == old.digest() {
                     tracing::debug!("component unchanged (sha256:{})", short(old.digest()));
                     return;
@@ -259,7 +257,7 @@ impl Reloader {
                 self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(crate::ops::SWAPS, "result" => "succeeded").increment(1);
             }
-            Ok(Err(error)) => {
+            Err(error) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(crate::ops::SWAPS, "result" => "failed").increment(1);
                 tracing::warn!(
@@ -267,11 +265,6 @@ impl Reloader {
                     "refused the new transform, keeping sha256:{}: {error:#}",
                     short(old.digest())
                 );
-            }
-            Err(error) => {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(crate::ops::SWAPS, "result" => "failed").increment(1);
-                tracing::error!("the reload thread panicked: {error}");
             }
         }
     }

@@ -170,12 +170,12 @@ fn parse_row(row: &serde_json::Map<String, Value>, keyring: &Keyring) -> Result<
 
 /// Runs every vector through `transform` in batches, as the pipeline would,
 /// and returns the ones that failed.
-pub fn check(transform: &Arc<Transform>, vectors: &[Vector]) -> Result<Vec<Failure>> {
-    let mut worker = transform.worker(test_keyring())?;
+pub async fn check(transform: &Arc<Transform>, vectors: &[Vector]) -> Result<Vec<Failure>> {
+    let mut worker = transform.worker(test_keyring()).await?;
     let mut failures = Vec::new();
     for chunk in vectors.chunks(MAX_BATCH) {
         let messages: Vec<Received> = chunk.iter().map(|v| v.message.clone()).collect();
-        let outcomes = worker.run(&messages)?;
+        let outcomes = worker.run(&messages).await?;
         for (vector, outcome) in chunk.iter().zip(outcomes) {
             if let Some(diff) = compare(&vector.expect, &outcome) {
                 failures.push(Failure {
@@ -191,13 +191,13 @@ pub fn check(transform: &Arc<Transform>, vectors: &[Vector]) -> Result<Vec<Failu
 
 /// Loads `component` and runs the vectors file through it: how many vectors
 /// there were, and which failed.
-pub fn check_file(component: &Path, vectors_file: &Path) -> Result<(usize, Vec<Failure>)> {
+pub async fn check_file(component: &Path, vectors_file: &Path) -> Result<(usize, Vec<Failure>)> {
     let engine = runtime::engine()?;
-    let transform = Arc::new(Transform::load(&engine, component, Limits::default())?);
+    let transform = Arc::new(Transform::load(&engine, component, Limits::default()).await?);
     let text = std::fs::read_to_string(vectors_file)
         .with_context(|| format!("cannot read vectors {}", vectors_file.display()))?;
     let vectors = parse(&text, &test_keyring())?;
-    let failures = check(&transform, &vectors)?;
+    let failures = check(&transform, &vectors).await?;
     Ok((vectors.len(), failures))
 }
 
@@ -209,7 +209,7 @@ pub fn assert_all_pass(component: &Path, vectors_file: &Path) {
         "{} is missing: build it first (`just build-transform`, which `just test` runs)",
         component.display()
     );
-    let (count, failures) = check_file(component, vectors_file)
+    let (count, failures) = runtime::block_on(check_file(component, vectors_file))
         .unwrap_or_else(|error| panic!("cannot run vectors: {error:#}"));
     let report: String = failures
         .iter()

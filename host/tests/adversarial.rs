@@ -148,16 +148,17 @@ proptest! {
     ) {
         thread_local! {
             static TRANSFORM: Arc<Transform> = Arc::new(
-                Transform::load(&runtime::engine().unwrap(), &component_path(), Limits::default()).unwrap()
+                runtime::block_on(Transform::load(&runtime::engine().unwrap(), &component_path(), Limits::default())).unwrap()
             );
         }
-        let mut worker = TRANSFORM.with(|t| t.worker(keyring())).unwrap();
+        let transform = TRANSFORM.with(Arc::clone);
+        let mut worker = runtime::block_on(transform.worker(keyring())).unwrap();
         let messages: Vec<Received> = bodies
             .iter()
             .enumerate()
             .map(|(i, body)| Received::local(format!("p{i}"), body.as_str(), sent))
             .collect();
-        let outcomes = worker.run(&messages).unwrap();
+        let outcomes = runtime::block_on(worker.run(&messages)).unwrap();
         prop_assert_eq!(outcomes.len(), messages.len());
         for outcome in &outcomes {
             if let Outcome::Rejected(rejection) = outcome {

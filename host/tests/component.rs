@@ -13,13 +13,20 @@ use maskpipe::source::Received;
 
 fn load() -> Arc<Transform> {
     let engine = runtime::engine().unwrap();
-    Arc::new(Transform::load(&engine, &component_path(), Limits::default()).unwrap())
+    Arc::new(
+        runtime::block_on(Transform::load(
+            &engine,
+            &component_path(),
+            Limits::default(),
+        ))
+        .unwrap(),
+    )
 }
 
 #[test]
 fn the_sample_data_gives_99_rows_and_rejects_the_13th_message() {
     let transform = load();
-    let mut worker = transform.worker(keyring()).unwrap();
+    let mut worker = runtime::block_on(transform.worker(keyring())).unwrap();
     let messages: Vec<Received> = sample_bodies()
         .into_iter()
         .enumerate()
@@ -27,7 +34,7 @@ fn the_sample_data_gives_99_rows_and_rejects_the_13th_message() {
         .collect();
     let mut outcomes = Vec::new();
     for batch in messages.chunks(10) {
-        outcomes.extend(worker.run(batch).unwrap());
+        outcomes.extend(runtime::block_on(worker.run(batch)).unwrap());
     }
     let rejected: Vec<usize> = outcomes
         .iter()
@@ -67,7 +74,7 @@ fn the_digest_is_the_sha256_of_the_file() {
 fn refusal(wat: &str) -> String {
     let engine = runtime::engine().unwrap();
     let bytes = wat::parse_str(wat).unwrap();
-    let error = Transform::from_bytes(&engine, &bytes, Limits::default())
+    let error = runtime::block_on(Transform::from_bytes(&engine, bytes, Limits::default()))
         .err()
         .expect("must be refused");
     format!("{error:#}")
@@ -96,8 +103,12 @@ fn a_component_without_the_world_is_refused() {
 #[test]
 fn garbage_is_not_a_component() {
     let engine = runtime::engine().unwrap();
-    let error = Transform::from_bytes(&engine, b"not wasm", Limits::default())
-        .err()
-        .expect("must be refused");
+    let error = runtime::block_on(Transform::from_bytes(
+        &engine,
+        b"not wasm".to_vec(),
+        Limits::default(),
+    ))
+    .err()
+    .expect("must be refused");
     assert!(format!("{error:#}").contains("not a valid WebAssembly component"));
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use maskpipe::record::Outcome;
-use maskpipe::runtime::{self, Limits, Transform};
+use maskpipe::record::{Outcome, Rejection};
+use maskpipe::runtime::{self, Limits, Transform, Worker};
 use maskpipe::source::Received;
 
 fn fixture(name: &str) -> std::path::PathBuf {
@@ -51,11 +51,24 @@ fn codes(outcomes: &[Outcome]) -> Vec<&str> {
         .collect()
 }
 
-#[test]
-fn each_kind_of_misbehaviour_costs_only_its_own_message() {
+fn rejection(outcome: &Outcome) -> &Rejection {
+    match outcome {
+        Outcome::Rejected(rejection) => rejection,
+        Outcome::Row(_) => panic!("expected a rejection"),
+    }
+}
+
+async fn hostile(limits: Limits) -> Worker {
     let engine = runtime::engine().unwrap();
-    let transform = Arc::new(Transform::load(&engine, &fixture("fixture_hostile"), TIGHT).unwrap());
-    let mut worker = transform.worker(keyring()).unwrap();
+    let transform = Transform::load(&engine, &fixture("fixture_hostile"), limits)
+        .await
+        .unwrap();
+    Arc::new(transform).worker(keyring()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_kind_of_misbehaviour_costs_only_its_own_message() {
+    let mut worker = hostile(TIGHT).await;
     let bodies = [
         login("ok-1"),
         login("LOOP"),
@@ -68,7 +81,7 @@ fn each_kind_of_misbehaviour_costs_only_its_own_message() {
         login("ok-3"),
     ];
     let started = std::time::Instant::now();
-    let outcomes = worker.run(&received(&bodies)).unwrap();
+    let outcomes = worker.run(&received(&bodies)).await.unwrap();
     assert_eq!(
         codes(&outcomes),
         [
@@ -92,68 +105,110 @@ fn each_kind_of_misbehaviour_costs_only_its_own_message() {
     for outcome in &outcomes {
         if let Outcome::Rejected(rejection) = outcome {
             // The guest's panic message quoted the body; the host never does.
-            assert!(
-                !rejection.detail.contains("199.172.111.135"),
-                "{rejection:?}"
-            );
-            assert!(!rejection.detail.contains("secret"), "{rejection:?}");
+            let shown = format!("{rejection:?}");
+            assert!(!shown.contains("199.172.111.135"), "{shown}");
+            assert!(!shown.contains("secret"), "{shown}");
         }
     }
-    let Outcome::Rejected(looped) = &outcomes[1] else {
-        unreachable!()
-    };
-    assert!(looped.detail.contains("deadline"), "{looped:?}");
+    assert!(rejection(&outcomes[1]).detail.contains("deadline"));
+    // The bomb was stopped by the memory cap, not by the deadline: with the
+    // cap broken it would run into the deadline and say so.
+    let bomb = rejection(&outcomes[3]);
+    assert!(bomb.detail.contains("memory cap"), "{bomb:?}");
+    assert!(!bomb.detail.contains("deadline"), "{bomb:?}");
 
     // The worker is still usable afterwards.
-    let again = worker.run(&received(&[login("ok-4")])).unwrap();
+    let again = worker.run(&received(&[login("ok-4")])).await.unwrap();
     assert_eq!(codes(&again), ["row"]);
 }
 
-#[test]
-fn a_slow_batch_is_handed_from_the_brief_run_to_the_full_deadline() {
-    let engine = runtime::engine().unwrap();
-    // SLOW spins for about 0.25 s here: a generous deadline keeps a loaded
-    // machine from turning it into a trap.
-    let limits = Limits {
-        deadline: Duration::from_secs(10),
-        ..Limits::default()
+/// Blocking WASI calls (a sleep is `wasi:io/poll`) once panicked the host's
+/// async threads: now they are futures, bounded by the deadline. Run on a
+/// current-thread runtime, where a blocked thread would block the test too.
+#[tokio::test(flavor = "current_thread")]
+async fn a_blocking_call_costs_its_message_a_deadline_and_never_blocks_the_host() {
+    let mut worker = hostile(TIGHT).await;
+    let ticks = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let ticking = {
+        let ticks = Arc::clone(&ticks);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
     };
-    let transform =
-        Arc::new(Transform::load(&engine, &fixture("fixture_hostile"), limits).unwrap());
-    let mut worker = transform.worker(keyring()).unwrap();
-    let fast = received(&[login("ok-1"), login("ok-2")]);
-    let slow = received(&[login("ok-1"), login("SLOW"), login("ok-2")]);
-
-    let outcomes = worker
-        .run_briefly(&fast)
-        .unwrap()
-        .expect("a fast batch runs briefly");
-    assert_eq!(codes(&outcomes), ["row", "row"]);
-
     let started = std::time::Instant::now();
-    assert!(worker.run_briefly(&slow).unwrap().is_none());
+    let outcomes = worker
+        .run(&received(&[
+            login("ok-1"),
+            login("SLEEP"),
+            login("PRINT-199.172.111.135"),
+            login("ok-2"),
+        ]))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    ticking.abort();
+    assert_eq!(codes(&outcomes), ["row", "transform_trap", "row", "row"]);
+    assert!(rejection(&outcomes[1]).detail.contains("deadline"));
+    // Batch then alone: two deadlines of 300 ms, not the hour it asked for.
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // The one executor thread kept running other tasks meanwhile.
     assert!(
-        started.elapsed() < Duration::from_millis(200),
-        "the brief run held the thread for {:?}",
-        started.elapsed()
-    );
-    // Handed back, the batch completes under the full deadline, and the
-    // recycled instance serves brief runs again.
-    assert_eq!(codes(&worker.run(&slow).unwrap()), ["row", "row", "row"]);
-    assert!(worker.run_briefly(&fast).unwrap().is_some());
-    // A loop is handed back too, never run to the end here.
-    assert!(
-        worker
-            .run_briefly(&received(&[login("LOOP")]))
-            .unwrap()
-            .is_none()
+        ticks.load(std::sync::atomic::Ordering::Relaxed) >= 10,
+        "the executor was blocked: {} ticks in {took:?}",
+        ticks.load(std::sync::atomic::Ordering::Relaxed)
     );
 }
 
-#[test]
-fn a_component_that_reads_files_is_refused_at_load() {
+#[tokio::test(flavor = "multi_thread")]
+async fn values_the_table_cannot_take_are_refused_before_any_cost() {
+    // Room for the 32 MiB text the HUGE marker builds.
+    let limits = Limits {
+        deadline: Duration::from_secs(10),
+        memory_bytes: 256 << 20,
+    };
+    let mut worker = hostile(limits).await;
+    let started = std::time::Instant::now();
+    let outcomes = worker
+        .run(&received(&[
+            login("ok-1"),
+            login("ANCIENT"),
+            login("HUGE"),
+            login("LEAKCODE"),
+            login("ok-2"),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(
+        codes(&outcomes),
+        [
+            "row",
+            "column_overflow",
+            "column_overflow",
+            "transform_contract_violation",
+            "row"
+        ]
+    );
+    assert!(rejection(&outcomes[1]).detail.contains("create_date"));
+    assert!(rejection(&outcomes[2]).detail.contains("user_id"));
+    // The undeclared code made of the message's ip went nowhere.
+    let leak = format!("{:?}", rejection(&outcomes[3]));
+    assert!(!leak.contains("199"), "{leak}");
+    // Refusing a 32 MiB span costs nothing like copying and masking it.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_component_that_reads_files_is_refused_at_load() {
     let engine = runtime::engine().unwrap();
     let error = Transform::load(&engine, &fixture("fixture_fs_reader"), Limits::default())
+        .await
         .err()
         .expect("must be refused");
     let message = format!("{error:#}");
@@ -166,7 +221,18 @@ async fn the_pipeline_stays_up_and_dead_letters_only_the_poison() {
     let database = fresh_database().await;
     let queue = fresh_queue().await;
     let mut bodies: Vec<String> = (0..20).map(|n| login(&format!("fine-{n:02}"))).collect();
-    for marker in ["LOOP", "BOMB", "PANIC", "OVERFLOW", "SKIP", "SPAN"] {
+    for marker in [
+        "LOOP",
+        "BOMB",
+        "PANIC-sekrit42",
+        "OVERFLOW",
+        "SKIP",
+        "SPAN",
+        "SLEEP",
+        "PRINT-sekrit42",
+        "ANCIENT",
+        "LEAKCODE",
+    ] {
         bodies.push(login(marker));
     }
     queue.send(&bodies).await.unwrap();
@@ -182,6 +248,8 @@ async fn the_pipeline_stays_up_and_dead_letters_only_the_poison() {
             "300",
             "--transform-memory-mib",
             "16",
+            "--log",
+            "trace",
         ],
     );
     let output = run_with_limit(command, Duration::from_secs(120)).await;
@@ -191,8 +259,9 @@ async fn the_pipeline_stays_up_and_dead_letters_only_the_poison() {
         String::from_utf8_lossy(&output.stderr)
     );
 
+    // PRINT's row is a row; every other marker is a dead letter.
     let db = query_client(&database).await;
-    assert_eq!(count(&db, "SELECT count(*) FROM user_logins").await, 20);
+    assert_eq!(count(&db, "SELECT count(*) FROM user_logins").await, 21);
     let reasons: Vec<(String, i64)> = db
         .query(
             "SELECT reason, count(*) FROM maskpipe_dead_letters GROUP BY reason ORDER BY reason",
@@ -206,11 +275,49 @@ async fn the_pipeline_stays_up_and_dead_letters_only_the_poison() {
     assert_eq!(
         reasons,
         [
-            ("column_overflow".to_owned(), 1),
-            ("transform_contract_violation".to_owned(), 2),
-            ("transform_trap".to_owned(), 3)
+            ("column_overflow".to_owned(), 2),
+            ("transform_contract_violation".to_owned(), 3),
+            ("transform_trap".to_owned(), 4)
         ]
     );
     let depth = queue.depth().await.unwrap();
     assert_eq!(depth.visible + depth.in_flight, 0);
+    // Whatever the component printed, panicked with or coded, no message
+    // content reached the logs or an unsealed column.
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for secret in [
+        "sekrit42",
+        "199.172.111.135",
+        "199_172_111_135",
+        "593-47-5928",
+    ] {
+        let leaks: Vec<&str> = logs.lines().filter(|line| line.contains(secret)).collect();
+        assert!(leaks.is_empty(), "{secret} in the logs: {leaks:#?}");
+    }
+    let unsealed: Vec<String> = db
+        .query(
+            "SELECT message_id || ' ' || reason || ' ' || detail FROM maskpipe_dead_letters",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(unsealed.len(), 9);
+    for secret in [
+        "sekrit42",
+        "199.172.111.135",
+        "199_172_111_135",
+        "593-47-5928",
+    ] {
+        assert!(
+            unsealed.iter().all(|row| !row.contains(secret)),
+            "{secret} unsealed: {unsealed:?}"
+        );
+    }
 }

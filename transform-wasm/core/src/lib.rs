@@ -59,6 +59,22 @@ pub struct Date {
     pub day: u8,
 }
 
+/// Every reason code [`transform`] and [`unpack`] may reject with: what a
+/// component built on login-core declares through `reason-codes`.
+pub const REASON_CODES: &[&str] = &[
+    "invalid_json",
+    "not_an_object",
+    "wrong_schema",
+    "missing_field",
+    "null_field",
+    "wrong_type",
+    "invalid_ip",
+    "invalid_app_version",
+    "value_too_long",
+    "invalid_timestamp",
+    "malformed_batch",
+];
+
 /// Why a message was refused. `detail` names fields, never their values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -559,6 +575,13 @@ macro_rules! export_transformer {
         struct $component;
 
         impl Guest for $component {
+            fn reason_codes() -> Vec<String> {
+                $crate::REASON_CODES
+                    .iter()
+                    .map(|code| (*code).to_owned())
+                    .collect()
+            }
+
             fn transform_batch(batch: Batch) -> Outcomes {
                 let policy = $policy;
                 let mut text = $crate::RowText::for_bodies(&batch.bodies);
@@ -596,8 +619,11 @@ mod tests {
         transform(body, SENT_MS, &MaskBoth)
     }
 
+    /// The code a body is rejected with, which must be one the component declares.
     fn rejection_code(body: &str) -> &'static str {
-        run(body).expect_err("should be rejected").code
+        let code = run(body).expect_err("should be rejected").code;
+        assert!(REASON_CODES.contains(&code), "`{code}` is not declared");
+        code
     }
 
     #[test]

@@ -227,7 +227,7 @@ async fn run(args: Args) -> Result<()> {
 
     let wanted = |stage: Stage| args.only.is_none_or(|only| only == stage);
     if wanted(Stage::Transform) {
-        bench_transform(&args, &component, &keyring, &mut report)?;
+        bench_transform(&args, &component, &keyring, &mut report).await?;
     }
     if wanted(Stage::Sink) {
         bench_sink(&args, &admin_url, &keyring, &mut report).await?;
@@ -253,7 +253,7 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn bench_transform(
+async fn bench_transform(
     args: &Args,
     component: &Path,
     keyring: &Arc<Keyring>,
@@ -262,17 +262,17 @@ fn bench_transform(
     const MESSAGES: usize = 50_000;
     let messages = received(&generate(MESSAGES, args.seed));
     let engine = runtime::engine()?;
-    let transform = Arc::new(Transform::load(&engine, component, Limits::default())?);
-    let mut worker = transform.worker(Arc::clone(keyring))?;
+    let transform = Arc::new(Transform::load(&engine, component, Limits::default()).await?);
+    let mut worker = transform.worker(Arc::clone(keyring)).await?;
     // Warm up both paths (page faults, caches, lazy init).
-    worker.run(&messages[..1_000])?;
+    worker.run(&messages[..1_000]).await?;
     native(&messages[..1_000], keyring);
 
     let (mut wasm, mut native_us, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.runs {
         let started = Instant::now();
         for batch in messages.chunks(10) {
-            std::hint::black_box(worker.run(batch)?);
+            std::hint::black_box(worker.run(batch).await?);
         }
         let wasm_us = started.elapsed().as_secs_f64() * 1e6 / MESSAGES as f64;
         let started = Instant::now();

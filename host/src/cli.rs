@@ -404,6 +404,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn keys_and_passwords_never_show_in_debug_output() {
+        let key = "5ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2";
+        let retired = format!("old={}", "0f".repeat(32));
+        for args in [
+            vec![
+                "maskpipe",
+                "run",
+                "--queue",
+                "q",
+                "--transform",
+                "t.wasm",
+                "--database-url",
+                "postgres://app:hunter2@db/x?user=u&password=swordfish",
+                "--master-key",
+                key,
+                "--retired-keys",
+                &retired,
+            ],
+            vec![
+                "maskpipe",
+                "reveal",
+                "--master-key",
+                key,
+                "--retired-keys",
+                &retired,
+                "mp2.k1.AAAA",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(&args).unwrap();
+            let debug = format!("{cli:?} {cli:#?}");
+            for secret in ["5ec2e7", "0f0f0f", "hunter2", "swordfish"] {
+                assert!(!debug.contains(secret), "{secret} in {debug}");
+            }
+            assert!(debug.contains("<redacted>"), "{debug}");
+        }
+    }
+
+    #[test]
     #[cfg(target_os = "linux")]
     fn peak_rss_is_read_from_proc() {
         let ballast = vec![1u8; 8 << 20];

@@ -80,22 +80,43 @@ impl fmt::Debug for MasterKey {
     }
 }
 
+/// Which configured key an error is about: named by position, because what
+/// the operator typed may be key material (a key pasted without its `ID=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySlot {
+    Current,
+    /// 1-based position in the retired-keys list.
+    Retired(usize),
+}
+
+impl fmt::Display for KeySlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Current => f.write_str("the current key"),
+            Self::Retired(n) => write!(f, "retired key {n}"),
+        }
+    }
+}
+
+/// Why a key or key id is unusable. No variant holds any part of the input.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
-    #[error("the master key is empty")]
+    #[error("the key is empty")]
     Empty,
-    #[error("the master key is neither 64 hex digits nor base64")]
+    #[error("the key is neither 64 hex digits nor base64")]
     Encoding,
-    #[error("the master key must be 32 bytes, got {0}")]
+    #[error("the key must be 32 bytes, got {0}")]
     Length(usize),
     #[error(
-        "key id {0:?} is invalid: use 1-{KEY_ID_MAX_LEN} characters of A-Z, a-z, 0-9, '_' or '-'"
+        "the id of {0} is invalid: use 1-{KEY_ID_MAX_LEN} characters of A-Z, a-z, 0-9, '_' or '-'"
     )]
-    KeyId(String),
-    #[error("key id {0:?} is given twice")]
-    DuplicateKeyId(String),
-    #[error("retired key {0:?} is not of the form ID=KEY")]
+    KeyId(KeySlot),
+    #[error("{1} has the same id as {0}")]
+    DuplicateKeyId(KeySlot, KeySlot),
+    #[error("retired key {0} is not of the form ID=KEY")]
     RetiredFormat(usize),
+    #[error("retired key {0}: {1}")]
+    RetiredKey(usize, Box<KeyError>),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -168,13 +189,22 @@ impl Keyring {
         retired: &[(String, MasterKey)],
     ) -> Result<Self, KeyError> {
         let mut keys = BTreeMap::new();
-        for (id, key) in std::iter::once((current_id, current))
-            .chain(retired.iter().map(|(id, key)| (id.as_str(), key)))
-        {
-            validate_key_id(id)?;
-            if keys.insert(id.to_owned(), KeySet::derive(key)).is_some() {
-                return Err(KeyError::DuplicateKeyId(id.to_owned()));
+        let mut slots = BTreeMap::new();
+        let all = std::iter::once((KeySlot::Current, current_id, current)).chain(
+            retired
+                .iter()
+                .enumerate()
+                .map(|(n, (id, key))| (KeySlot::Retired(n + 1), id.as_str(), key)),
+        );
+        for (slot, id, key) in all {
+            if !is_valid_key_id(id) {
+                return Err(KeyError::KeyId(slot));
             }
+            if let Some(&first) = slots.get(id) {
+                return Err(KeyError::DuplicateKeyId(first, slot));
+            }
+            slots.insert(id, slot);
+            keys.insert(id.to_owned(), KeySet::derive(key));
         }
         Ok(Self {
             current_id: current_id.to_owned(),
@@ -309,30 +339,34 @@ fn encode(
     token
 }
 
-fn validate_key_id(id: &str) -> Result<(), KeyError> {
-    let valid = (1..=KEY_ID_MAX_LEN).contains(&id.len())
+fn is_valid_key_id(id: &str) -> bool {
+    (1..=KEY_ID_MAX_LEN).contains(&id.len())
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if valid {
-        Ok(())
-    } else {
-        Err(KeyError::KeyId(id.to_owned()))
-    }
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Parses `ID=KEY,ID=KEY` (the retired-keys setting).
+/// Parses `ID=KEY,ID=KEY` (the retired-keys setting). Entries are named by
+/// position in errors, never by content.
 pub fn parse_retired_keys(text: &str) -> Result<Vec<(String, MasterKey)>, KeyError> {
     text.split(',')
         .map(str::trim)
         .filter(|entry| !entry.is_empty())
         .enumerate()
         .map(|(index, entry)| {
+            let n = index + 1;
+            // A base64 key pasted without `ID=` splits at its padding: the
+            // "id" is key material and the "key" is empty.
             let (id, key) = entry
                 .split_once('=')
-                .ok_or(KeyError::RetiredFormat(index + 1))?;
-            validate_key_id(id.trim())?;
-            Ok((id.trim().to_owned(), MasterKey::parse(key)?))
+                .filter(|(id, key)| !id.trim().is_empty() && !key.trim().is_empty())
+                .ok_or(KeyError::RetiredFormat(n))?;
+            let id = id.trim();
+            if !is_valid_key_id(id) {
+                return Err(KeyError::KeyId(KeySlot::Retired(n)));
+            }
+            let key = MasterKey::parse(key).map_err(|e| KeyError::RetiredKey(n, Box::new(e)))?;
+            Ok((id.to_owned(), key))
         })
         .collect()
 }
@@ -454,8 +488,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("not a key"), "{err}");
-        assert!(Keyring::new("bad.id", &MasterKey::parse(KEY_A).unwrap(), &[]).is_err());
+        assert_eq!(
+            Keyring::new("bad.id", &MasterKey::parse(KEY_A).unwrap(), &[]).unwrap_err(),
+            KeyError::KeyId(KeySlot::Current)
+        );
         assert!(parse_retired_keys("k0").is_err());
+    }
+
+    #[test]
+    fn retired_key_errors_name_the_entry_and_never_echo_it() {
+        let b64 = STANDARD.encode(hex::decode(KEY_B).unwrap());
+        assert_eq!(b64.len(), 44);
+        let cases = [
+            // The key without its `ID=`: its padding is the only '='.
+            (b64.clone(), KeyError::RetiredFormat(1)),
+            (format!("k0={KEY_A},{b64}"), KeyError::RetiredFormat(2)),
+            (KEY_B.to_owned(), KeyError::RetiredFormat(1)),
+            (
+                format!("{}={KEY_A}", &KEY_B[..20]),
+                KeyError::KeyId(KeySlot::Retired(1)),
+            ),
+            (
+                format!("k0={}", &KEY_B[..40]),
+                KeyError::RetiredKey(1, Box::new(KeyError::Length(20))),
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = parse_retired_keys(&text).unwrap_err();
+            assert_eq!(error, expected, "{text}");
+            let message = error.to_string();
+            for secret in [KEY_B, b64.as_str()] {
+                for window in secret.as_bytes().windows(8) {
+                    let window = std::str::from_utf8(window).unwrap();
+                    assert!(!message.contains(window), "{message}");
+                }
+            }
+        }
+        let key = || MasterKey::parse(KEY_A).unwrap();
+        assert_eq!(
+            Keyring::new("k1", &key(), &[("k2".into(), key()), ("k1".into(), key())]).unwrap_err(),
+            KeyError::DuplicateKeyId(KeySlot::Current, KeySlot::Retired(2))
+        );
+        assert_eq!(
+            KeyError::DuplicateKeyId(KeySlot::Current, KeySlot::Retired(2)).to_string(),
+            "retired key 2 has the same id as the current key"
+        );
     }
 
     #[test]

@@ -607,7 +607,7 @@ mod tests {
         assert_eq!(got.user_id.as_deref(), Some("u-1✓"));
         let masked = got.masked_ip.unwrap();
         assert_eq!(masked, keyring.mask("ip", "10.0.0.1"));
-        assert_eq!(keyring.reveal(&masked).unwrap(), b"10.0.0.1");
+        assert_eq!(keyring.reveal(&masked, Some("ip")).unwrap(), b"10.0.0.1");
         // Spans may share text.
         let shared = expect_row(from_wit(
             row(span(0, 3), wit::Protected::Clear(span(0, 3))),

@@ -328,9 +328,11 @@ impl<'a> BatchColumns<'a> {
                     columns.outcome.push("dead_letter");
                     columns.reason.push(Some(&rejection.code));
                     columns.detail.push(Some(&rejection.detail));
-                    columns
-                        .body_sealed
-                        .push(Some(keyring.seal(processed.message.body.as_bytes())));
+                    // Bound to its message id: swapped onto another dead
+                    // letter, it no longer reveals.
+                    columns.body_sealed.push(Some(
+                        keyring.seal(&processed.message.id, processed.message.body.as_bytes()),
+                    ));
                     columns.sent_at.push(DateTime::<Utc>::from_timestamp_millis(
                         processed.message.sent_timestamp_ms as i64,
                     ));

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::author;
 use crate::config::{KeyArgs, RunArgs};
-use crate::masking::MasterKey;
+use crate::masking::{Bound, MasterKey, RevealError, required_context, token_key_id};
 use crate::ops;
 use crate::pipeline::{Pipeline, Summary};
 use crate::runtime::{self, short};
@@ -77,8 +77,16 @@ pub enum TransformCommand {
 
 #[derive(Args, Debug)]
 pub struct RevealArgs {
-    /// Masked values (`mp1.…`) or sealed bodies (`mp1s.…`).
+    /// Masked values (`mp2.…`, `mp1.…`) or sealed bodies (`mp2s.…`, `mp1s.…`).
     pub values: Vec<String>,
+    /// The column a masked value was written to (`ip`, `device_id`):
+    /// `mp2` values are bound to it and reveal only with it.
+    #[arg(long, value_name = "FIELD")]
+    pub field: Option<String>,
+    /// The `message_id` of the dead letter a sealed body belongs to: `mp2s`
+    /// bodies are bound to it and reveal only with it.
+    #[arg(long, value_name = "ID")]
+    pub message_id: Option<String>,
     #[command(flatten)]
     pub keys: KeyArgs,
 }
@@ -348,7 +356,6 @@ fn vm_hwm_kib() -> Option<f64> {
 }
 
 fn reveal(args: RevealArgs) -> Result<ExitCode> {
-    let keyring = args.keys.keyring()?;
     let values: Vec<String> = if args.values.is_empty() {
         std::io::stdin()
             .lock()
@@ -358,14 +365,41 @@ fn reveal(args: RevealArgs) -> Result<ExitCode> {
     } else {
         args.values
     };
+    let values: Vec<&str> = values
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .collect();
+    if args.keys.master_key.is_none() {
+        let mut ids: Vec<&str> = values.iter().filter_map(|v| token_key_id(v)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if !ids.is_empty() {
+            anyhow::bail!(
+                "no masking key: set MASKPIPE_MASTER_KEY (and MASKPIPE_KEY_ID) or \
+                 MASKPIPE_RETIRED_KEYS to the key with id {}",
+                ids.join(", ")
+            );
+        }
+    }
+    let keyring = args.keys.keyring()?;
     let mut failed = false;
     let mut out = std::io::stdout().lock();
-    for value in values.iter().filter(|v| !v.trim().is_empty()) {
-        match keyring.reveal(value) {
+    for value in values {
+        let context = match required_context(value) {
+            Some(Bound::Field) => args.field.as_deref(),
+            Some(Bound::MessageId) => args.message_id.as_deref(),
+            None => None,
+        };
+        match keyring.reveal(value, context) {
             Ok(plain) => writeln!(out, "{}", String::from_utf8_lossy(&plain))?,
             Err(error) => {
                 failed = true;
-                eprintln!("maskpipe: cannot reveal {}: {error}", truncate(value, 24));
+                eprintln!(
+                    "maskpipe: cannot reveal {}: {}",
+                    truncate(value, 24),
+                    reveal_hint(&error)
+                );
             }
         }
     }
@@ -374,6 +408,23 @@ fn reveal(args: RevealArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// A reveal error as the operator can act on it: which option or key is missing.
+fn reveal_hint(error: &RevealError) -> String {
+    match error {
+        RevealError::MissingContext(Bound::Field) => "a masked value reveals only with the \
+            column it was written to: pass --field (e.g. --field ip or --field device_id)"
+            .to_owned(),
+        RevealError::MissingContext(Bound::MessageId) => "a sealed body reveals only with its \
+            dead letter's message id: pass --message-id (the row's message_id)"
+            .to_owned(),
+        RevealError::UnknownKey(id) => format!(
+            "{error}: set MASKPIPE_MASTER_KEY with MASKPIPE_KEY_ID={id}, \
+             or add {id}=KEY to MASKPIPE_RETIRED_KEYS"
+        ),
+        _ => error.to_string(),
+    }
 }
 
 async fn load_queue(queue: &str, file: &std::path::Path, if_created: bool) -> Result<ExitCode> {
@@ -406,6 +457,46 @@ fn truncate(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_and_passwords_never_show_in_debug_output() {
+        let key = "5ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2";
+        let retired = format!("old={}", "0f".repeat(32));
+        for args in [
+            vec![
+                "maskpipe",
+                "run",
+                "--queue",
+                "q",
+                "--transform",
+                "t.wasm",
+                "--database-url",
+                "postgres://app:hunter2@db/x?user=u&password=swordfish",
+                "--master-key",
+                key,
+                "--retired-keys",
+                &retired,
+            ],
+            vec![
+                "maskpipe",
+                "reveal",
+                "--field",
+                "ip",
+                "--master-key",
+                key,
+                "--retired-keys",
+                &retired,
+                "mp2.k1.AAAA",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(&args).unwrap();
+            let debug = format!("{cli:?} {cli:#?}");
+            for secret in ["5ec2e7", "0f0f0f", "hunter2", "swordfish"] {
+                assert!(!debug.contains(secret), "{secret} in {debug}");
+            }
+            assert!(debug.contains("<redacted>"), "{debug}");
+        }
+    }
 
     #[test]
     #[cfg(target_os = "linux")]

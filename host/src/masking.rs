@@ -6,14 +6,18 @@
 //! AES-256-GCM): the nonce is HMAC-SHA256(mac key, field ‖ value) cut to 96
 //! bits, so equal (field, value) pairs mask equally (duplicates stay visible),
 //! the same value in two fields masks differently, and the key holder can
-//! decrypt. GCM's tag detects tampering. Dead-letter bodies are *sealed*
-//! instead: the same cipher with a random nonce and its own key, because
-//! nobody needs to compare them.
+//! decrypt. The associated data is the token's header and the field, so GCM's
+//! tag detects tampering, a swapped key id, and a value moved to another
+//! column: revealing needs the field it was masked as. Dead-letter bodies are
+//! *sealed* instead: the same cipher with a random nonce and its own key
+//! (nobody needs to compare them), bound the same way to the id of the
+//! message they came from.
 //!
-//! Both are text of the form `<scheme>.<key id>.<base64url(nonce ‖ ciphertext ‖ tag)>`,
-//! with the header bound into the ciphertext as associated data, so a key id
-//! cannot be swapped. Keys rotate by id: the keyring masks with the current key
-//! and reveals under every key it knows.
+//! Both are text of the form `<scheme>.<key id>.<base64url(nonce ‖ ciphertext ‖ tag)>`:
+//! `mp2` masked values and `mp2s` sealed bodies. Version 1 (`mp1`, `mp1s`)
+//! bound only the header, not the field or message id; its tokens still
+//! reveal, under keys of their own (see [`KeySet`]). Keys rotate by id: the
+//! keyring masks with the current key and reveals under every key it knows.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,10 +31,13 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-/// Deterministically masked column values.
-const MASK_SCHEME: &str = "mp1";
-/// Randomly sealed dead-letter bodies.
-const SEAL_SCHEME: &str = "mp1s";
+/// Deterministically masked column values, bound to their field.
+const MASK_SCHEME: &str = "mp2";
+/// Randomly sealed dead-letter bodies, bound to their message id.
+const SEAL_SCHEME: &str = "mp2s";
+/// Version 1 of both: only the header is authenticated. Revealed, never made.
+const LEGACY_MASK_SCHEME: &str = "mp1";
+const LEGACY_SEAL_SCHEME: &str = "mp1s";
 /// Irreversible keyed pseudonyms.
 const PSEUDONYM_SCHEME: &str = "ps1";
 /// 128 bits of HMAC: collisions stay negligible for any realistic table.
@@ -80,39 +87,135 @@ impl fmt::Debug for MasterKey {
     }
 }
 
+/// Which configured key an error is about: named by position, because what
+/// the operator typed may be key material (a key pasted without its `ID=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySlot {
+    Current,
+    /// 1-based position in the retired-keys list.
+    Retired(usize),
+}
+
+impl fmt::Display for KeySlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Current => f.write_str("the current key"),
+            Self::Retired(n) => write!(f, "retired key {n}"),
+        }
+    }
+}
+
+/// Why a key or key id is unusable. No variant holds any part of the input.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
-    #[error("the master key is empty")]
+    #[error("the key is empty")]
     Empty,
-    #[error("the master key is neither 64 hex digits nor base64")]
+    #[error("the key is neither 64 hex digits nor base64")]
     Encoding,
-    #[error("the master key must be 32 bytes, got {0}")]
+    #[error("the key must be 32 bytes, got {0}")]
     Length(usize),
     #[error(
-        "key id {0:?} is invalid: use 1-{KEY_ID_MAX_LEN} characters of A-Z, a-z, 0-9, '_' or '-'"
+        "the id of {0} is invalid: use 1-{KEY_ID_MAX_LEN} characters of A-Z, a-z, 0-9, '_' or '-'"
     )]
-    KeyId(String),
-    #[error("key id {0:?} is given twice")]
-    DuplicateKeyId(String),
-    #[error("retired key {0:?} is not of the form ID=KEY")]
+    KeyId(KeySlot),
+    #[error("{1} has the same id as {0}")]
+    DuplicateKeyId(KeySlot, KeySlot),
+    #[error("retired key {0} is not of the form ID=KEY")]
     RetiredFormat(usize),
+    #[error("retired key {0}: {1}")]
+    RetiredKey(usize, Box<KeyError>),
+}
+
+/// What a version 2 token is bound to, and must be revealed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// A masked value: the field (column) it was masked as, e.g. `ip`.
+    Field,
+    /// A sealed dead-letter body: the SQS message id it came from.
+    MessageId,
+}
+
+impl fmt::Display for Bound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Field => "field",
+            Self::MessageId => "message id",
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RevealError {
-    #[error("not a maskpipe token (expected mp1.<key id>.<data> or mp1s.<key id>.<data>)")]
+    #[error(
+        "not a maskpipe token (expected mp2.<key id>.<data> or mp2s.<key id>.<data>, or their mp1 forms)"
+    )]
     Format,
     #[error("no key with id {0:?} is configured")]
     UnknownKey(String),
-    #[error("authentication failed: the value was altered or the key is wrong")]
+    #[error("the value is bound to its {0}: give the {0} it was written with")]
+    MissingContext(Bound),
+    #[error(
+        "authentication failed: the value was altered, or the key, field or message id is wrong"
+    )]
     Authentication,
 }
 
+/// The kinds of token [`Keyring::reveal`] opens.
+#[derive(Clone, Copy)]
+enum Scheme {
+    Mask,
+    Seal,
+    LegacyMask,
+    LegacySeal,
+}
+
+impl Scheme {
+    fn parse(scheme: &str) -> Option<Self> {
+        Some(match scheme {
+            MASK_SCHEME => Self::Mask,
+            SEAL_SCHEME => Self::Seal,
+            LEGACY_MASK_SCHEME => Self::LegacyMask,
+            LEGACY_SEAL_SCHEME => Self::LegacySeal,
+            _ => return None,
+        })
+    }
+}
+
+/// A token's scheme, key id and data, if it has the shape of one.
+fn split_token(token: &str) -> Option<(Scheme, &str, &str)> {
+    let mut parts = token.trim().splitn(3, '.');
+    let (scheme, key_id, data) = (parts.next()?, parts.next()?, parts.next()?);
+    let scheme = Scheme::parse(scheme)?;
+    is_valid_key_id(key_id).then_some((scheme, key_id, data))
+}
+
+/// What a token must be revealed with: `None` for version 1 tokens (bound to
+/// nothing) and for text that is no token at all.
+pub fn required_context(token: &str) -> Option<Bound> {
+    match split_token(token)?.0 {
+        Scheme::Mask => Some(Bound::Field),
+        Scheme::Seal => Some(Bound::MessageId),
+        Scheme::LegacyMask | Scheme::LegacySeal => None,
+    }
+}
+
+/// The key id a masked value or sealed body names, if it is one.
+pub fn token_key_id(token: &str) -> Option<&str> {
+    split_token(token).map(|(_, key_id, _)| key_id)
+}
+
 /// The working keys of one key id.
+///
+/// Version 2 derives keys of its own rather than reusing version 1's: an mp1
+/// and an mp2 token of the same (field, value) would otherwise share a GCM
+/// nonce under different associated data, and two tags under one nonce give
+/// away GHASH's key, with which tags can be forged, undoing the binding.
 struct KeySet {
     mask_cipher: Aes256Gcm,
     mask_mac: Hmac<Sha256>,
     seal_cipher: Aes256Gcm,
+    legacy_mask_cipher: Aes256Gcm,
+    legacy_seal_cipher: Aes256Gcm,
     pseudonym_mac: Hmac<Sha256>,
 }
 
@@ -125,18 +228,19 @@ impl KeySet {
                 .expect("32 bytes is a valid HKDF-SHA256 output length");
             key
         };
-        let mask_key = derive(b"maskpipe/v1/mask/aes-256-gcm");
-        let mac_key = derive(b"maskpipe/v1/mask/hmac-sha256-nonce");
-        let seal_key = derive(b"maskpipe/v1/seal/aes-256-gcm");
-        let pseudonym_key = derive(b"maskpipe/v1/pseudonym/hmac-sha256");
-        let hmac = |key: &[u8]| {
-            <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key length")
+        let cipher = |info: &[u8]| Aes256Gcm::new(derive(info).as_slice().into());
+        let hmac = |info: &[u8]| {
+            <Hmac<Sha256> as Mac>::new_from_slice(derive(info).as_slice())
+                .expect("HMAC accepts any key length")
         };
         Self {
-            mask_cipher: Aes256Gcm::new(mask_key.as_slice().into()),
-            mask_mac: hmac(mac_key.as_slice()),
-            seal_cipher: Aes256Gcm::new(seal_key.as_slice().into()),
-            pseudonym_mac: hmac(pseudonym_key.as_slice()),
+            mask_cipher: cipher(b"maskpipe/v2/mask/aes-256-gcm"),
+            mask_mac: hmac(b"maskpipe/v2/mask/hmac-sha256-nonce"),
+            seal_cipher: cipher(b"maskpipe/v2/seal/aes-256-gcm"),
+            legacy_mask_cipher: cipher(b"maskpipe/v1/mask/aes-256-gcm"),
+            legacy_seal_cipher: cipher(b"maskpipe/v1/seal/aes-256-gcm"),
+            // Pseudonyms already hash the field in; they keep their version 1 key.
+            pseudonym_mac: hmac(b"maskpipe/v1/pseudonym/hmac-sha256"),
         }
     }
 }
@@ -144,8 +248,8 @@ impl KeySet {
 /// The current key plus any retired keys still needed to reveal old values.
 pub struct Keyring {
     current_id: String,
-    /// Headers of the current key, computed once: they are the AEAD's
-    /// associated data and the prefix of every token.
+    /// Headers of the current key, computed once: they begin the AEAD's
+    /// associated data and every token.
     mask_header: String,
     seal_header: String,
     pseudonym_header: String,
@@ -168,13 +272,22 @@ impl Keyring {
         retired: &[(String, MasterKey)],
     ) -> Result<Self, KeyError> {
         let mut keys = BTreeMap::new();
-        for (id, key) in std::iter::once((current_id, current))
-            .chain(retired.iter().map(|(id, key)| (id.as_str(), key)))
-        {
-            validate_key_id(id)?;
-            if keys.insert(id.to_owned(), KeySet::derive(key)).is_some() {
-                return Err(KeyError::DuplicateKeyId(id.to_owned()));
+        let mut slots = BTreeMap::new();
+        let all = std::iter::once((KeySlot::Current, current_id, current)).chain(
+            retired
+                .iter()
+                .enumerate()
+                .map(|(n, (id, key))| (KeySlot::Retired(n + 1), id.as_str(), key)),
+        );
+        for (slot, id, key) in all {
+            if !is_valid_key_id(id) {
+                return Err(KeyError::KeyId(slot));
             }
+            if let Some(&first) = slots.get(id) {
+                return Err(KeyError::DuplicateKeyId(first, slot));
+            }
+            slots.insert(id, slot);
+            keys.insert(id.to_owned(), KeySet::derive(key));
         }
         Ok(Self {
             current_id: current_id.to_owned(),
@@ -193,7 +306,8 @@ impl Keyring {
         &self.keys[&self.current_id]
     }
 
-    /// Masks `value` as a value of column `field`: deterministic, reversible.
+    /// Masks `value` as a value of column `field`: deterministic, reversible
+    /// with the same field only.
     pub fn mask(&self, field: &str, value: &str) -> String {
         let keys = self.current();
         let tag = keyed_digest(&keys.mask_mac, field, value);
@@ -203,6 +317,7 @@ impl Keyring {
             nonce,
             &keys.mask_cipher,
             value.as_bytes(),
+            &associated_data(&self.mask_header, field),
         )
     }
 
@@ -216,32 +331,46 @@ impl Keyring {
         token
     }
 
-    /// Encrypts `plaintext` with a random nonce (dead-letter bodies).
-    pub fn seal(&self, plaintext: &[u8]) -> String {
+    /// Encrypts `plaintext` (a dead-letter body) with a random nonce, bound
+    /// to `context`: the id of the message it came from.
+    pub fn seal(&self, context: &str, plaintext: &[u8]) -> String {
         let nonce_bytes: [u8; NONCE_LEN] = rand::random();
         encode(
             &self.seal_header,
             Nonce::from_slice(&nonce_bytes),
             &self.current().seal_cipher,
             plaintext,
+            &associated_data(&self.seal_header, context),
         )
     }
 
-    /// Recovers the plaintext of a masked value or a sealed body.
-    pub fn reveal(&self, token: &str) -> Result<Vec<u8>, RevealError> {
-        let mut parts = token.trim().splitn(3, '.');
-        let (Some(scheme), Some(key_id), Some(data)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(RevealError::Format);
+    /// Recovers the plaintext of a masked value or a sealed body. `context`
+    /// is what an `mp2`/`mp2s` token is bound to (see [`required_context`]):
+    /// the field of a masked value, the message id of a sealed body. Version
+    /// 1 tokens are bound to neither and ignore it.
+    pub fn reveal(&self, token: &str, context: Option<&str>) -> Result<Vec<u8>, RevealError> {
+        let token = token.trim();
+        let (scheme, key_id, data) = split_token(token).ok_or(RevealError::Format)?;
+        let header = &token[..token.len() - data.len() - 1];
+        let bound = |what| {
+            context
+                .map(|context| associated_data(header, context))
+                .ok_or(RevealError::MissingContext(what))
+        };
+        let aad = match scheme {
+            Scheme::Mask => bound(Bound::Field)?,
+            Scheme::Seal => bound(Bound::MessageId)?,
+            Scheme::LegacyMask | Scheme::LegacySeal => header.as_bytes().to_vec(),
         };
         let keys = self
             .keys
             .get(key_id)
             .ok_or_else(|| RevealError::UnknownKey(key_id.to_owned()))?;
         let cipher = match scheme {
-            MASK_SCHEME => &keys.mask_cipher,
-            SEAL_SCHEME => &keys.seal_cipher,
-            _ => return Err(RevealError::Format),
+            Scheme::Mask => &keys.mask_cipher,
+            Scheme::Seal => &keys.seal_cipher,
+            Scheme::LegacyMask => &keys.legacy_mask_cipher,
+            Scheme::LegacySeal => &keys.legacy_seal_cipher,
         };
         let raw = URL_SAFE_NO_PAD
             .decode(data)
@@ -250,13 +379,12 @@ impl Keyring {
             return Err(RevealError::Format);
         }
         let (nonce, ciphertext) = raw.split_at(NONCE_LEN);
-        let header = &token.trim()[..scheme.len() + 1 + key_id.len()];
         cipher
             .decrypt(
                 Nonce::from_slice(nonce),
                 Payload {
                     msg: ciphertext,
-                    aad: header.as_bytes(),
+                    aad: &aad,
                 },
             )
             .map_err(|_| RevealError::Authentication)
@@ -264,7 +392,7 @@ impl Keyring {
 }
 
 /// The longest masked text for a value of `value_len` bytes under a key id
-/// of `key_id_len` characters.
+/// of `key_id_len` characters (the field is authenticated, not stored).
 pub fn masked_len(key_id_len: usize, value_len: usize) -> usize {
     MASK_SCHEME.len() + 1 + key_id_len + 1 + (NONCE_LEN + value_len + TAG_LEN).div_ceil(3) * 4
 }
@@ -283,18 +411,31 @@ fn keyed_digest(
     mac.finalize().into_bytes()
 }
 
+/// Version 2's associated data: header ‖ 0x00 ‖ u64 length ‖ context. A
+/// header never holds a 0 byte (key ids are validated), and the length
+/// prefix keeps the context's end unambiguous.
+fn associated_data(header: &str, context: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(header.len() + 1 + 8 + context.len());
+    aad.extend_from_slice(header.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(&(context.len() as u64).to_be_bytes());
+    aad.extend_from_slice(context.as_bytes());
+    aad
+}
+
 fn encode(
     header: &str,
     nonce: &Nonce<aes_gcm::aead::consts::U12>,
     cipher: &Aes256Gcm,
     plaintext: &[u8],
+    aad: &[u8],
 ) -> String {
     let ciphertext = cipher
         .encrypt(
             nonce,
             Payload {
                 msg: plaintext,
-                aad: header.as_bytes(),
+                aad,
             },
         )
         // AES-GCM fails only past 64 GiB of plaintext.
@@ -309,30 +450,34 @@ fn encode(
     token
 }
 
-fn validate_key_id(id: &str) -> Result<(), KeyError> {
-    let valid = (1..=KEY_ID_MAX_LEN).contains(&id.len())
+fn is_valid_key_id(id: &str) -> bool {
+    (1..=KEY_ID_MAX_LEN).contains(&id.len())
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if valid {
-        Ok(())
-    } else {
-        Err(KeyError::KeyId(id.to_owned()))
-    }
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Parses `ID=KEY,ID=KEY` (the retired-keys setting).
+/// Parses `ID=KEY,ID=KEY` (the retired-keys setting). Entries are named by
+/// position in errors, never by content.
 pub fn parse_retired_keys(text: &str) -> Result<Vec<(String, MasterKey)>, KeyError> {
     text.split(',')
         .map(str::trim)
         .filter(|entry| !entry.is_empty())
         .enumerate()
         .map(|(index, entry)| {
+            let n = index + 1;
+            // A base64 key pasted without `ID=` splits at its padding: the
+            // "id" is key material and the "key" is empty.
             let (id, key) = entry
                 .split_once('=')
-                .ok_or(KeyError::RetiredFormat(index + 1))?;
-            validate_key_id(id.trim())?;
-            Ok((id.trim().to_owned(), MasterKey::parse(key)?))
+                .filter(|(id, key)| !id.trim().is_empty() && !key.trim().is_empty())
+                .ok_or(KeyError::RetiredFormat(n))?;
+            let id = id.trim();
+            if !is_valid_key_id(id) {
+                return Err(KeyError::KeyId(KeySlot::Retired(n)));
+            }
+            let key = MasterKey::parse(key).map_err(|e| KeyError::RetiredKey(n, Box::new(e)))?;
+            Ok((id.to_owned(), key))
         })
         .collect()
 }
@@ -348,13 +493,21 @@ mod tests {
         Keyring::new(id, &MasterKey::parse(key).unwrap(), &[]).unwrap()
     }
 
+    /// Flips the last character of a token's data.
+    fn tamper(token: &str) -> String {
+        let mut bytes = token.as_bytes().to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
+        String::from_utf8(bytes).unwrap()
+    }
+
     #[test]
     fn equal_inputs_mask_equally_and_reveal() {
         let ring = keyring("k1", KEY_A);
         let a = ring.mask("ip", "199.172.111.135");
         assert_eq!(a, ring.mask("ip", "199.172.111.135"));
-        assert!(a.starts_with("mp1.k1."), "{a}");
-        assert_eq!(ring.reveal(&a).unwrap(), b"199.172.111.135");
+        assert!(a.starts_with("mp2.k1."), "{a}");
+        assert_eq!(ring.reveal(&a, Some("ip")).unwrap(), b"199.172.111.135");
     }
 
     #[test]
@@ -370,17 +523,89 @@ mod tests {
     }
 
     #[test]
+    fn a_masked_value_reveals_only_as_its_own_field() {
+        let ring = keyring("k1", KEY_A);
+        let ip = ring.mask("ip", "10.0.0.1");
+        // Copied into masked_device_id, it no longer opens.
+        assert_eq!(
+            ring.reveal(&ip, Some("device_id")),
+            Err(RevealError::Authentication)
+        );
+        assert_eq!(ring.reveal(&ip, Some("")), Err(RevealError::Authentication));
+        assert_eq!(
+            ring.reveal(&ip, None),
+            Err(RevealError::MissingContext(Bound::Field))
+        );
+        assert_eq!(required_context(&ip), Some(Bound::Field));
+        assert_eq!(ring.reveal(&ip, Some("ip")).unwrap(), b"10.0.0.1");
+    }
+
+    #[test]
+    fn a_sealed_body_reveals_only_under_its_own_message_id() {
+        let ring = keyring("k1", KEY_A);
+        let body = br#"{"ip": "1.2.3.4"}"#;
+        let sealed = ring.seal("msg-1", body);
+        assert!(sealed.starts_with("mp2s.k1."), "{sealed}");
+        assert_eq!(ring.reveal(&sealed, Some("msg-1")).unwrap(), body);
+        // Swapped onto another dead letter, it no longer opens.
+        assert_eq!(
+            ring.reveal(&sealed, Some("msg-2")),
+            Err(RevealError::Authentication)
+        );
+        assert_eq!(
+            ring.reveal(&sealed, None),
+            Err(RevealError::MissingContext(Bound::MessageId))
+        );
+        assert_eq!(required_context(&sealed), Some(Bound::MessageId));
+        // A sealed body is not a masked value of a field named like the id.
+        let masked = ring.mask("msg-1", "x");
+        assert_eq!(
+            ring.reveal(&masked.replacen("mp2.", "mp2s.", 1), Some("msg-1")),
+            Err(RevealError::Authentication)
+        );
+    }
+
+    #[test]
+    fn version_1_tokens_still_reveal_and_ignore_the_context() {
+        // Made by the version 1 code (mp1, unbound) for KEY_A under id k1.
+        let masked = "mp1.k1.yesJdrGIoffmj4Ke7Aqpln0LsStzIGqSjfmGm6zHzGJCAPnGiVGf4m1pWw";
+        let sealed = "mp1s.k1.7_YqsZEvWj2iFLw3Z0YMYMftUza9_R7yz2_Givq62i22VAWXayYlf-iTXAKc";
+        let ring = keyring("k1", KEY_A);
+        for context in [None, Some("ip"), Some("anything")] {
+            assert_eq!(ring.reveal(masked, context).unwrap(), b"199.172.111.135");
+            assert_eq!(
+                ring.reveal(sealed, context).unwrap(),
+                br#"{"ip": "1.2.3.4"}"#
+            );
+        }
+        assert_eq!(required_context(masked), None);
+        assert_eq!(required_context(sealed), None);
+        // Relabelling across versions fails both ways: a version 1 token
+        // cannot be passed off as bound, nor a bound one stripped of its field.
+        assert_eq!(
+            ring.reveal(&masked.replacen("mp1.", "mp2.", 1), Some("ip")),
+            Err(RevealError::Authentication)
+        );
+        let bound = ring.mask("ip", "199.172.111.135");
+        assert_eq!(
+            ring.reveal(&bound.replacen("mp2.", "mp1.", 1), None),
+            Err(RevealError::Authentication)
+        );
+        // Version 2 uses keys of its own: no nonce is shared with version 1.
+        assert_ne!(&bound[7..23], &masked[7..23]);
+    }
+
+    #[test]
     fn tampering_and_wrong_keys_are_detected() {
         let ring = keyring("k1", KEY_A);
         let token = ring.mask("ip", "10.0.0.1");
-        let mut tampered = token.clone().into_bytes();
-        let last = tampered.len() - 1;
-        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
-        let tampered = String::from_utf8(tampered).unwrap();
-        assert_eq!(ring.reveal(&tampered), Err(RevealError::Authentication));
+        assert_eq!(
+            ring.reveal(&tamper(&token), Some("ip")),
+            Err(RevealError::Authentication)
+        );
         // A different key under the same id cannot open it.
         assert_eq!(
-            keyring("k1", KEY_B).reveal(&token),
+            keyring("k1", KEY_B).reveal(&token, Some("ip")),
             Err(RevealError::Authentication)
         );
         // Swapping the key id in the header breaks authentication too.
@@ -391,14 +616,42 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            other.reveal(&token.replacen("k1", "k2", 1)),
+            other.reveal(&token.replacen("k1", "k2", 1), Some("ip")),
             Err(RevealError::Authentication)
         );
         assert_eq!(
-            ring.reveal("mp1.k9.AAAA"),
+            ring.reveal("mp2.k9.AAAA", Some("ip")),
             Err(RevealError::UnknownKey("k9".into()))
         );
-        assert_eq!(ring.reveal("hello"), Err(RevealError::Format));
+        assert_eq!(token_key_id("mp2s.k9.AAAA"), Some("k9"));
+        assert_eq!(ring.reveal("hello", Some("ip")), Err(RevealError::Format));
+        assert_eq!(
+            ring.reveal("mp2.bad id.AAAA", None),
+            Err(RevealError::Format)
+        );
+    }
+
+    #[test]
+    fn a_sealed_body_under_a_wrong_key_or_tampered_fails() {
+        let ring = keyring("k1", KEY_A);
+        let sealed = ring.seal("msg-1", b"body");
+        assert_eq!(
+            ring.reveal(&tamper(&sealed), Some("msg-1")),
+            Err(RevealError::Authentication)
+        );
+        assert_eq!(
+            keyring("k1", KEY_B).reveal(&sealed, Some("msg-1")),
+            Err(RevealError::Authentication)
+        );
+        // A truncated token is an error, never a panic.
+        assert!(
+            ring.reveal(&sealed[..sealed.len() - 30], Some("msg-1"))
+                .is_err()
+        );
+        assert_eq!(
+            ring.reveal("mp2s.k1.AAAA", Some("msg-1")),
+            Err(RevealError::Format)
+        );
     }
 
     #[test]
@@ -412,18 +665,18 @@ mod tests {
             keyring("k1", KEY_B).pseudonymize("device_id", "593-47-5928")
         );
         assert!(a.starts_with("ps1.k1.") && a.len() <= 44, "{a}");
-        assert_eq!(ring.reveal(&a), Err(RevealError::Format));
+        assert_eq!(ring.reveal(&a, Some("device_id")), Err(RevealError::Format));
     }
 
     #[test]
     fn sealing_is_randomised_and_reversible() {
         let ring = keyring("k1", KEY_A);
         let body = br#"{"ip": "1.2.3.4"}"#;
-        let a = ring.seal(body);
-        let b = ring.seal(body);
+        let a = ring.seal("m", body);
+        let b = ring.seal("m", body);
         assert_ne!(a, b);
-        assert!(a.starts_with("mp1s.k1."));
-        assert_eq!(ring.reveal(&a).unwrap(), body);
+        assert!(a.starts_with("mp2s.k1."));
+        assert_eq!(ring.reveal(&a, Some("m")).unwrap(), body);
     }
 
     #[test]
@@ -437,9 +690,9 @@ mod tests {
         )
         .unwrap();
         let new_token = rotated.mask("ip", "10.0.0.1");
-        assert!(new_token.starts_with("mp1.k2."));
-        assert_eq!(rotated.reveal(&old_token).unwrap(), b"10.0.0.1");
-        assert_eq!(rotated.reveal(&new_token).unwrap(), b"10.0.0.1");
+        assert!(new_token.starts_with("mp2.k2."));
+        assert_eq!(rotated.reveal(&old_token, Some("ip")).unwrap(), b"10.0.0.1");
+        assert_eq!(rotated.reveal(&new_token, Some("ip")).unwrap(), b"10.0.0.1");
     }
 
     #[test]
@@ -454,8 +707,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("not a key"), "{err}");
-        assert!(Keyring::new("bad.id", &MasterKey::parse(KEY_A).unwrap(), &[]).is_err());
+        assert_eq!(
+            Keyring::new("bad.id", &MasterKey::parse(KEY_A).unwrap(), &[]).unwrap_err(),
+            KeyError::KeyId(KeySlot::Current)
+        );
         assert!(parse_retired_keys("k0").is_err());
+    }
+
+    #[test]
+    fn retired_key_errors_name_the_entry_and_never_echo_it() {
+        let b64 = STANDARD.encode(hex::decode(KEY_B).unwrap());
+        assert_eq!(b64.len(), 44);
+        let cases = [
+            // The key without its `ID=`: its padding is the only '='.
+            (b64.clone(), KeyError::RetiredFormat(1)),
+            (format!("k0={KEY_A},{b64}"), KeyError::RetiredFormat(2)),
+            (KEY_B.to_owned(), KeyError::RetiredFormat(1)),
+            (
+                format!("{}={KEY_A}", &KEY_B[..20]),
+                KeyError::KeyId(KeySlot::Retired(1)),
+            ),
+            (
+                format!("k0={}", &KEY_B[..40]),
+                KeyError::RetiredKey(1, Box::new(KeyError::Length(20))),
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = parse_retired_keys(&text).unwrap_err();
+            assert_eq!(error, expected, "{text}");
+            let message = error.to_string();
+            for secret in [KEY_B, b64.as_str()] {
+                for window in secret.as_bytes().windows(8) {
+                    let window = std::str::from_utf8(window).unwrap();
+                    assert!(!message.contains(window), "{message}");
+                }
+            }
+        }
+        let key = || MasterKey::parse(KEY_A).unwrap();
+        assert_eq!(
+            Keyring::new("k1", &key(), &[("k2".into(), key()), ("k1".into(), key())]).unwrap_err(),
+            KeyError::DuplicateKeyId(KeySlot::Current, KeySlot::Retired(2))
+        );
+        assert_eq!(
+            KeyError::DuplicateKeyId(KeySlot::Current, KeySlot::Retired(2)).to_string(),
+            "retired key 2 has the same id as the current key"
+        );
     }
 
     #[test]
@@ -466,7 +762,12 @@ mod tests {
             let masked = ring.mask("device_id", &value);
             assert!(masked.len() <= masked_len(2, len), "{len}");
         }
-        // The reference transform's limits fit varchar(256) with a 16-char key id.
-        assert!(masked_len(KEY_ID_MAX_LEN, 128) <= 256);
+        // The reference transform's limits fit varchar(256) with a 16-char
+        // key id: measured, not only computed.
+        let longest_id = "k".repeat(KEY_ID_MAX_LEN);
+        let ring = keyring(&longest_id, KEY_A);
+        let masked = ring.mask("device_id", &"x".repeat(128));
+        assert_eq!(masked.len(), masked_len(KEY_ID_MAX_LEN, 128));
+        assert!(masked.len() <= 256, "{}", masked.len());
     }
 }

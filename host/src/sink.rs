@@ -10,8 +10,11 @@
 //! `user_logins` is created with the take-home's exact DDL when missing and is
 //! never altered; the side tables are maskpipe's own.
 
-use anyhow::{Context, Result};
+use std::str::FromStr;
+
+use anyhow::{Context, Result, bail};
 use chrono::{DateTime, NaiveDate, Utc};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -112,28 +115,59 @@ SELECT (SELECT count(*) FROM claimed),
 /// (see [`crate::tls`]).
 #[derive(Clone)]
 pub struct Database {
-    url: String,
+    config: tokio_postgres::Config,
+    /// The connection string as logs and errors show it.
+    redacted: String,
     tls: MakeRustlsConnect,
 }
 
 impl Database {
-    /// `ca_file`: the CA the server's certificate must chain to, if any.
+    /// `ca_file`: the CA the server's certificate must chain to, if any. A
+    /// CA means TLS is required: `sslmode=prefer` (the default) becomes
+    /// `require`, so a server that declines TLS is refused rather than
+    /// talked to in plaintext, and `sslmode=disable` is an error.
     pub fn new(url: &str, ca_file: Option<&std::path::Path>) -> Result<Self> {
+        let redacted = redact_url(url);
+        let mut config = tokio_postgres::Config::from_str(url).map_err(|error| {
+            anyhow::anyhow!(
+                "the database URL {redacted} is not a valid PostgreSQL connection string: {}",
+                unquote(&error.to_string())
+            )
+        })?;
+        if ca_file.is_some() {
+            match config.get_ssl_mode() {
+                SslMode::Disable => bail!(
+                    "the database URL says sslmode=disable but a database CA is set \
+                     (MASKPIPE_DATABASE_CA): a CA requires TLS, drop one of them"
+                ),
+                SslMode::Require => {}
+                // Prefer, and any mode added later, is tightened.
+                _ => {
+                    config.ssl_mode(SslMode::Require);
+                }
+            }
+        }
         Ok(Self {
-            url: url.to_owned(),
+            config,
+            redacted,
             tls: crate::tls::connector(ca_file)?,
         })
     }
 
     /// The connection string with its password hidden, for logs and errors.
     pub fn redacted(&self) -> String {
-        redact_url(&self.url)
+        self.redacted.clone()
+    }
+
+    /// Whether connections must use TLS.
+    pub fn requires_tls(&self) -> bool {
+        self.config.get_ssl_mode() == SslMode::Require
     }
 }
 
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.redacted())
+        f.write_str(&self.redacted)
     }
 }
 
@@ -147,9 +181,16 @@ pub struct PgSink {
 impl PgSink {
     /// Connects; the connection runs on its own task until the client drops.
     pub async fn connect(database: &Database) -> Result<Self> {
-        let (client, connection) = tokio_postgres::connect(&database.url, database.tls.clone())
-            .await
-            .with_context(|| format!("cannot connect to PostgreSQL at {}", database.redacted()))?;
+        let (client, connection) = match database.config.connect(database.tls.clone()).await {
+            Ok(connected) => connected,
+            // The driver's message is scrubbed of the password: its text is
+            // not ours to vouch for, and the error reaches logs.
+            Err(error) => bail!(
+                "cannot connect to PostgreSQL at {}: {}",
+                database.redacted,
+                scrub(&error_chain(&error), database.config.get_password())
+            ),
+        };
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::warn!("PostgreSQL connection closed: {error}");
@@ -287,9 +328,11 @@ impl<'a> BatchColumns<'a> {
                     columns.outcome.push("dead_letter");
                     columns.reason.push(Some(&rejection.code));
                     columns.detail.push(Some(&rejection.detail));
-                    columns
-                        .body_sealed
-                        .push(Some(keyring.seal(processed.message.body.as_bytes())));
+                    // Bound to its message id: swapped onto another dead
+                    // letter, it no longer reveals.
+                    columns.body_sealed.push(Some(
+                        keyring.seal(&processed.message.id, processed.message.body.as_bytes()),
+                    ));
                     columns.sent_at.push(DateTime::<Utc>::from_timestamp_millis(
                         processed.message.sent_timestamp_ms as i64,
                     ));
@@ -314,48 +357,344 @@ impl<'a> BatchColumns<'a> {
     }
 }
 
-/// A connection string fit for logs: the password replaced.
+/// Connection parameters whose values are secrets.
+const SECRET_PARAMETERS: &[&str] = &["password", "sslpassword"];
+
+fn is_secret_parameter(key: &str) -> bool {
+    SECRET_PARAMETERS
+        .iter()
+        .any(|secret| key.trim().eq_ignore_ascii_case(secret))
+}
+
+/// A connection string fit for logs: every password replaced by `***`. It
+/// reads the string as tokio-postgres (and libpq) does, so what the driver
+/// would take as a password is what is hidden: the userinfo password, any
+/// `password`/`sslpassword` query parameter (percent-encoded keys too) and,
+/// in the key=value form, their values, quoted or not. Whatever it cannot
+/// read is hidden to the end.
 pub fn redact_url(url: &str) -> String {
-    // postgres://user:password@host/db
-    if let Some((scheme, rest)) = url.split_once("://")
-        && let Some((credentials, host)) = rest.rsplit_once('@')
-    {
-        return match credentials.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-            None => url.to_owned(),
-        };
+    if url.contains("://") {
+        redact_uri(url)
+    } else {
+        redact_key_values(url)
     }
-    // key=value form: drop password=...
-    url.split_whitespace()
-        .map(|part| {
-            if part.starts_with("password=") {
-                "password=***"
-            } else {
-                part
-            }
+}
+
+/// `scheme://[user[:password]@]host/db?key=value&…`
+fn redact_uri(url: &str) -> String {
+    let Some((scheme, mut rest)) = url.split_once("://") else {
+        return "***".to_owned();
+    };
+    let mut out = format!("{scheme}://");
+    // Like tokio-postgres: the credentials run to the first '@', the
+    // password from their first ':'.
+    if let Some((credentials, after)) = rest.split_once('@') {
+        match credentials.split_once(':') {
+            Some((user, _password)) => out.push_str(&format!("{user}:***@")),
+            None => out.push_str(&format!("{credentials}@")),
+        }
+        rest = after;
+    }
+    let Some((location, query)) = rest.split_once('?') else {
+        out.push_str(rest);
+        return out;
+    };
+    out.push_str(location);
+    out.push('?');
+    let parameters: Vec<String> = query
+        .split('&')
+        .map(|parameter| match parameter.split_once('=') {
+            Some((key, _)) if is_secret_parameter(&percent_decode(key)) => format!("{key}=***"),
+            _ => parameter.to_owned(),
         })
-        .collect::<Vec<_>>()
-        .join(" ")
+        .collect();
+    out.push_str(&parameters.join("&"));
+    out
+}
+
+/// `key=value key = 'quoted value' …`, read as tokio-postgres reads it.
+fn redact_key_values(text: &str) -> String {
+    type Chars<'a> = std::iter::Peekable<std::str::CharIndices<'a>>;
+    fn skip_whitespace(chars: &mut Chars<'_>) {
+        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+    }
+    let position = |chars: &mut Chars<'_>| chars.peek().map_or(text.len(), |&(i, _)| i);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.char_indices().peekable();
+    let mut copied_to = 0;
+    // Hides everything from `from` on: text the driver cannot read may be a
+    // stray piece of a password (`password=two words`).
+    let hide_rest = |out: &mut String, copied_to: usize, from: usize| {
+        out.push_str(&text[copied_to..from]);
+        out.push_str("***");
+    };
+    loop {
+        skip_whitespace(&mut chars);
+        let key_start = position(&mut chars);
+        if key_start == text.len() {
+            break;
+        }
+        while chars
+            .next_if(|&(_, c)| !c.is_whitespace() && c != '=')
+            .is_some()
+        {}
+        let key = &text[key_start..position(&mut chars)];
+        skip_whitespace(&mut chars);
+        if key.is_empty() || chars.next_if(|&(_, c)| c == '=').is_none() {
+            hide_rest(&mut out, copied_to, key_start);
+            return out;
+        }
+        skip_whitespace(&mut chars);
+        let value_start = position(&mut chars);
+        let complete = if chars.next_if(|&(_, c)| c == '\'').is_some() {
+            loop {
+                match chars.next() {
+                    Some((_, '\\')) => {
+                        chars.next();
+                    }
+                    Some((_, '\'')) => break true,
+                    Some(_) => {}
+                    None => break false,
+                }
+            }
+        } else {
+            while let Some((_, c)) = chars.next_if(|(_, c)| !c.is_whitespace()) {
+                if c == '\\' {
+                    chars.next();
+                }
+            }
+            true
+        };
+        if !complete {
+            hide_rest(&mut out, copied_to, value_start);
+            return out;
+        }
+        if is_secret_parameter(key) {
+            out.push_str(&text[copied_to..value_start]);
+            out.push_str("***");
+            copied_to = position(&mut chars);
+        }
+    }
+    out.push_str(&text[copied_to..]);
+    out
+}
+
+/// Percent-decodes what it can (the driver decodes URL keys before use).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An error and its causes on one line.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// `text` with every occurrence of `password` replaced by `***`.
+fn scrub(text: &str, password: Option<&[u8]>) -> String {
+    match password.map(String::from_utf8_lossy) {
+        Some(password) if !password.is_empty() => text.replace(password.as_ref(), "***"),
+        _ => text.to_owned(),
+    }
+}
+
+/// Parameter names tokio-postgres may quote in a parse error: they are kept.
+const KNOWN_PARAMETERS: &[&str] = &[
+    "user",
+    "password",
+    "dbname",
+    "options",
+    "application_name",
+    "sslmode",
+    "sslnegotiation",
+    "host",
+    "hostaddr",
+    "port",
+    "connect_timeout",
+    "tcp_user_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "target_session_attrs",
+    "channel_binding",
+    "load_balance_hosts",
+    "=",
+    "'",
+];
+
+/// A tokio-postgres parse error with what it quotes from the input (an
+/// unknown key, an unexpected character: possibly a piece of a password)
+/// replaced by `…`, unless it is a parameter name.
+fn unquote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut parts = text.split('`');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    let mut quoted = true;
+    for part in parts {
+        if quoted {
+            out.push('`');
+            out.push_str(if KNOWN_PARAMETERS.contains(&part) {
+                part
+            } else {
+                "…"
+            });
+            out.push('`');
+        } else {
+            out.push_str(part);
+        }
+        quoted = !quoted;
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::*;
 
     #[test]
     fn passwords_never_reach_logs() {
+        for (url, redacted) in [
+            (
+                "postgres://app:s3cret@db:5432/maskpipe",
+                "postgres://app:***@db:5432/maskpipe",
+            ),
+            (
+                "host=db user=app password=s3cret dbname=x",
+                "host=db user=app password=*** dbname=x",
+            ),
+            ("postgres://127.0.0.1/x", "postgres://127.0.0.1/x"),
+            ("postgres://app@db/x", "postgres://app@db/x"),
+            // Query parameters, as tokio-postgres honours them.
+            (
+                "postgres://db/x?user=u&password=s3cret&sslmode=require",
+                "postgres://db/x?user=u&password=***&sslmode=require",
+            ),
+            (
+                "postgresql://db/x?pass%77ord=s3cret&sslpassword=s3cret",
+                "postgresql://db/x?pass%77ord=***&sslpassword=***",
+            ),
+            (
+                "postgres://app:s3cret@db/x?password=s3cret",
+                "postgres://app:***@db/x?password=***",
+            ),
+            // The driver's credentials end at the first '@'.
+            ("postgres://app:s3c@ret@db/x", "postgres://app:***@ret@db/x"),
+            // key=value: spaces around '=', quotes, escapes.
+            (
+                "host=db password = 's3 cret' user=app",
+                "host=db password = *** user=app",
+            ),
+            (
+                r"password='it\'s s3cret' sslpassword=s3\ cret dbname=x",
+                "password=*** sslpassword=*** dbname=x",
+            ),
+            // Unreadable: hidden from where reading stops.
+            (
+                "host=db password=two s3cret words",
+                "host=db password=*** ***",
+            ),
+            ("host=db password='s3cret", "host=db password=***"),
+            ("host=db =s3cret", "host=db ***"),
+        ] {
+            assert_eq!(redact_url(url), redacted, "{url}");
+        }
+    }
+
+    #[test]
+    fn parse_errors_and_driver_errors_hide_what_they_quote() {
+        let error = Database::new("host=db password=two s3cret", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !error.contains("s3cret") && !error.contains("`s`"),
+            "{error}"
+        );
+        assert!(
+            error.contains("not a valid PostgreSQL connection string"),
+            "{error}"
+        );
+        let error = Database::new("postgres://db/x?sslpassword=s3cret", None)
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("s3cret"), "{error}");
         assert_eq!(
-            redact_url("postgres://app:s3cret@db:5432/maskpipe"),
-            "postgres://app:***@db:5432/maskpipe"
+            unquote("invalid value for option `sslmode`"),
+            "invalid value for option `sslmode`"
         );
         assert_eq!(
-            redact_url("host=db user=app password=s3cret dbname=x"),
-            "host=db user=app password=*** dbname=x"
+            unquote("unexpected character at byte 9: expected `=` but got `s`"),
+            "unexpected character at byte 9: expected `=` but got `…`"
         );
         assert_eq!(
-            redact_url("postgres://127.0.0.1/x"),
-            "postgres://127.0.0.1/x"
+            scrub("bad password s3cret", Some(b"s3cret")),
+            "bad password ***"
         );
-        assert_eq!(redact_url("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(scrub("text", Some(b"")), "text");
+    }
+
+    #[test]
+    fn a_ca_requires_tls() {
+        let ca = std::env::temp_dir().join(format!("maskpipe-sink-ca-{}.pem", std::process::id()));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["db".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(&ca, cert.pem()).unwrap();
+        let database = |url: &str, ca_file| Database::new(url, ca_file);
+        assert!(!database("postgres://db/x", None).unwrap().requires_tls());
+        assert!(
+            database("postgres://db/x", Some(&ca))
+                .unwrap()
+                .requires_tls()
+        );
+        assert!(
+            database("postgres://db/x?sslmode=prefer", Some(&ca))
+                .unwrap()
+                .requires_tls()
+        );
+        assert!(
+            database("host=db sslmode=require", Some(&ca))
+                .unwrap()
+                .requires_tls()
+        );
+        let error = database("postgres://db/x?sslmode=disable", Some(&ca)).unwrap_err();
+        std::fs::remove_file(&ca).unwrap();
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("sslmode=disable") && message.contains("CA"),
+            "{message}"
+        );
+        assert_eq!(message.lines().count(), 1);
     }
 }

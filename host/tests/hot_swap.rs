@@ -207,7 +207,7 @@ async fn swapping_mid_stream_loses_nothing_and_refuses_a_broken_component() {
     // The rows show each version's policy.
     let v1_rows = count(
         &db,
-        "SELECT count(*) FROM user_logins WHERE masked_ip LIKE 'mp1.%'",
+        "SELECT count(*) FROM user_logins WHERE masked_ip LIKE 'mp2.%'",
     )
     .await;
     let v2_rows = count(&db, "SELECT count(*) FROM user_logins WHERE masked_ip LIKE '%/24' AND masked_device_id LIKE 'ps1.%'").await;

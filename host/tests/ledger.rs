@@ -19,8 +19,8 @@ fn row(user: &str) -> Outcome {
     Outcome::Row(Row {
         user_id: Some(user.into()),
         device_type: Some("ios".into()),
-        masked_ip: Some("mp1.x.y".into()),
-        masked_device_id: Some("mp1.x.z".into()),
+        masked_ip: Some("mp2.x.y".into()),
+        masked_device_id: Some("mp2.x.z".into()),
         locale: None,
         app_version: Some(20300),
         create_date: NaiveDate::from_ymd_opt(2022, 12, 12),

@@ -32,15 +32,21 @@ async fn sample_queue_drains_into_99_rows_and_one_dead_letter() {
         100
     );
     let dead = db
-        .query("SELECT reason, body_sealed FROM maskpipe_dead_letters", &[])
+        .query(
+            "SELECT reason, body_sealed, message_id FROM maskpipe_dead_letters",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].get::<_, &str>(0), "wrong_schema");
-    // The dead letter's body is sealed at rest and the key holder opens it.
+    // The dead letter's body is sealed at rest, bound to its message id, and
+    // the key holder opens it with that id.
     let sealed: &str = dead[0].get(1);
+    let message_id: &str = dead[0].get(2);
+    assert!(sealed.starts_with("mp2s.it1."), "{sealed}");
     assert_eq!(
-        keyring().reveal(sealed).unwrap(),
+        keyring().reveal(sealed, Some(message_id)).unwrap(),
         br#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#
     );
 
@@ -74,9 +80,9 @@ async fn sample_queue_drains_into_99_rows_and_one_dead_letter() {
         let ip: &str = row.get(0);
         let device: &str = row.get(1);
         assert!(ip.len() <= 256 && device.len() <= 256);
-        assert!(ip.starts_with("mp1.it1.") && device.starts_with("mp1.it1."));
-        let ip = String::from_utf8(ring.reveal(ip).unwrap()).unwrap();
-        let device = String::from_utf8(ring.reveal(device).unwrap()).unwrap();
+        assert!(ip.starts_with("mp2.it1.") && device.starts_with("mp2.it1."));
+        let ip = String::from_utf8(ring.reveal(ip, Some("ip")).unwrap()).unwrap();
+        let device = String::from_utf8(ring.reveal(device, Some("device_id")).unwrap()).unwrap();
         assert!(sent_ips.contains(ip.as_str()));
         assert!(sent_devices.contains(device.as_str()));
         null_locales += usize::from(row.get::<_, Option<&str>>(2).is_none());
@@ -124,32 +130,89 @@ async fn equal_plaintexts_mask_equally_so_duplicates_stay_visible() {
     assert_ne!(rows[0].get::<_, &str>(0), rows[0].get::<_, &str>(1));
 }
 
+/// `maskpipe reveal ARGS…`: (success, stdout, stderr).
+async fn reveal(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut command = maskpipe();
+    command.arg("reveal").args(args);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().await.unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn reveal_prints_the_plaintext_for_the_key_holder() {
     let ring = keyring();
     let masked = ring.mask("ip", "199.172.111.135");
-    let output = maskpipe()
-        .arg("reveal")
-        .arg(&masked)
-        .output()
-        .await
-        .unwrap();
-    assert!(output.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&output.stdout).trim(),
-        "199.172.111.135"
-    );
+    let (ok, stdout, stderr) = reveal(&["--field", "ip", &masked], &[]).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "199.172.111.135");
 
     // Without the right key it refuses, and says why.
-    let output = maskpipe()
-        .env("MASKPIPE_MASTER_KEY", "11".repeat(32))
-        .arg("reveal")
-        .arg(&masked)
+    let (ok, _, stderr) = reveal(
+        &["--field", "ip", &masked],
+        &[("MASKPIPE_MASTER_KEY", &"11".repeat(32))],
+    )
+    .await;
+    assert!(!ok);
+    assert!(stderr.contains("authentication failed"), "{stderr}");
+
+    // A masked value is bound to its column: without --field, one line
+    // naming the option; as another column, it does not open.
+    let (ok, stdout, stderr) = reveal(&[&masked], &[]).await;
+    assert!(!ok && stdout.is_empty());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("pass --field"), "{stderr}");
+    let (ok, _, stderr) = reveal(&["--field", "device_id", &masked], &[]).await;
+    assert!(!ok);
+    assert!(stderr.contains("authentication failed"), "{stderr}");
+
+    // A sealed body is bound to its dead letter's message id.
+    let sealed = ring.seal("msg-7", b"{\"x\": 1}");
+    let (ok, stdout, stderr) = reveal(&["--message-id", "msg-7", &sealed], &[]).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "{\"x\": 1}");
+    let (ok, _, stderr) = reveal(&[&sealed], &[]).await;
+    assert!(!ok && stderr.contains("pass --message-id"), "{stderr}");
+    let (ok, _, stderr) = reveal(&["--message-id", "msg-8", &sealed], &[]).await;
+    assert!(!ok && stderr.contains("authentication failed"), "{stderr}");
+
+    // Version 1 values (made by the code before field binding, under this
+    // test key) still reveal, with or without the new options.
+    let legacy_masked = "mp1.it1.hxz6D4zd4Ur5dIWe7G1FEj5HnBQqFhS_9La51w3sLjkd2Hn2tF_OW0SHSw";
+    let legacy_sealed = "mp1s.it1.vDk9s-sRtzif4RfGfp-aUHUaJ18p0VrsQ-ygHpsiXFYUsa7YqXNJCa3AAYg";
+    let (ok, stdout, stderr) = reveal(&[legacy_masked, legacy_sealed], &[]).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "199.172.111.135\n{\"legacy\": true}");
+    let (ok, stdout, _) = reveal(&["--field", "device_id", legacy_masked], &[]).await;
+    assert!(ok);
+    assert_eq!(stdout, "199.172.111.135");
+
+    // Missing keys are named by the id the value carries.
+    let mut command = maskpipe();
+    command.env_remove("MASKPIPE_MASTER_KEY");
+    let output = command
+        .args(["reveal", "--field", "ip", &masked])
         .output()
         .await
         .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("authentication failed"));
+    assert!(
+        stderr.contains("MASKPIPE_MASTER_KEY") && stderr.contains("id it1"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = reveal(&["--field", "ip", &masked], &[("MASKPIPE_KEY_ID", "k2")]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("no key with id \"it1\"") && stderr.contains("it1=KEY"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -187,12 +250,12 @@ async fn after_key_rotation_new_rows_carry_the_new_key_and_reveal_opens_both() {
     let db = query_client(&database).await;
     let old_rows = count(
         &db,
-        "SELECT count(*) FROM user_logins WHERE masked_ip LIKE 'mp1.it1.%'",
+        "SELECT count(*) FROM user_logins WHERE masked_ip LIKE 'mp2.it1.%'",
     )
     .await;
     let new_rows = count(
         &db,
-        "SELECT count(*) FROM user_logins WHERE masked_ip LIKE 'mp1.k2.%'",
+        "SELECT count(*) FROM user_logins WHERE masked_ip LIKE 'mp2.k2.%'",
     )
     .await;
     assert_eq!(
@@ -212,7 +275,7 @@ async fn after_key_rotation_new_rows_carry_the_new_key_and_reveal_opens_both() {
         .env("MASKPIPE_MASTER_KEY", &new_key)
         .env("MASKPIPE_KEY_ID", "k2")
         .env("MASKPIPE_RETIRED_KEYS", &retired)
-        .arg("reveal")
+        .args(["reveal", "--field", "ip"])
         .args(&masked)
         .output()
         .await

@@ -7,7 +7,14 @@ use std::time::Duration;
 
 use common::*;
 
-async fn run_expecting_failure(mut command: tokio::process::Command) -> String {
+async fn run_expecting_failure(command: tokio::process::Command) -> String {
+    run_expecting_failure_with_output(command).await.0
+}
+
+/// The one error line, and everything the run wrote (stdout, then stderr).
+async fn run_expecting_failure_with_output(
+    mut command: tokio::process::Command,
+) -> (String, String) {
     command.kill_on_drop(true);
     let output = run_with_limit(command, Duration::from_secs(90)).await;
     assert!(!output.status.success(), "expected a failure");
@@ -19,7 +26,25 @@ async fn run_expecting_failure(mut command: tokio::process::Command) -> String {
         .filter(|l| l.starts_with("maskpipe: error:"))
         .collect();
     assert_eq!(error_lines.len(), 1, "expected one error line:\n{stderr}");
-    error_lines[0].to_owned()
+    let everything = format!("{}{stderr}", String::from_utf8_lossy(&output.stdout));
+    (error_lines[0].to_owned(), strip_colours(&everything))
+}
+
+/// Text logs without their ANSI colour codes (a password must not hide
+/// behind one either way).
+fn strip_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("\x1b[") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        rest = match after.find(|c: char| c.is_ascii_alphabetic()) {
+            Some(end) => &after[end + 1..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    out
 }
 
 async fn run_command(queue: &str, database: &str) -> tokio::process::Command {
@@ -49,20 +74,76 @@ async fn a_wrong_length_key_is_a_clear_startup_error_that_hides_the_key() {
     assert!(!line.contains("c0ffee15"), "{line}");
 }
 
+/// Every form a password takes in a connection string, against a port
+/// nothing listens on, at the most verbose logging: the password is in no
+/// output (stdout, the "starting" line, the error line or any other log).
 #[tokio::test(flavor = "multi_thread")]
-async fn an_unreachable_database_is_a_clear_startup_error() {
+async fn an_unreachable_database_is_a_clear_startup_error_that_hides_the_password() {
     let queue = fresh_queue().await;
-    let command = run_command(
-        queue.queue_url(),
-        "postgres://app:hunter2@127.0.0.1:1/nowhere",
-    )
-    .await;
-    let line = run_expecting_failure(command).await;
+    for (url, shown) in [
+        (
+            "postgres://app:hunter2@127.0.0.1:1/nowhere",
+            Some("postgres://app:***@127.0.0.1:1/nowhere"),
+        ),
+        (
+            "postgres://127.0.0.1:1/nowhere?user=app&password=hunter2",
+            Some("postgres://127.0.0.1:1/nowhere?user=app&password=***"),
+        ),
+        (
+            "postgresql://app:hunter2@127.0.0.1:1/nowhere?pass%77ord=hunter2&application_name=t",
+            Some("postgresql://app:***@127.0.0.1:1/nowhere?pass%77ord=***&application_name=t"),
+        ),
+        (
+            "host=127.0.0.1 port=1 user=app password='hunter2 hunter2' dbname=nowhere",
+            Some("host=127.0.0.1 port=1 user=app password=*** dbname=nowhere"),
+        ),
+        // Refused by the driver before any connection: its parse errors
+        // quote the input, and a stray word may be part of the password.
+        ("host=127.0.0.1 port=1 password=hunter2 hunter2", None),
+        ("postgres://127.0.0.1:1/nowhere?sslpassword=hunter2", None),
+    ] {
+        let mut command = run_command(queue.queue_url(), url).await;
+        command.args(["--log", "trace"]);
+        let (line, output) = run_expecting_failure_with_output(command).await;
+        match shown {
+            Some(shown) => {
+                assert!(
+                    line.contains(&format!("cannot connect to PostgreSQL at {shown}:")),
+                    "{line}"
+                );
+                // The INFO line that names the database ran too.
+                assert!(output.contains(&format!("database={shown}")), "{output}");
+            }
+            None => assert!(
+                line.contains("is not a valid PostgreSQL connection string"),
+                "{line}"
+            ),
+        }
+        assert!(!output.contains("hunter2"), "password leaked:\n{output}");
+    }
+}
+
+/// A base64 key pasted into MASKPIPE_RETIRED_KEYS without its `ID=`: its
+/// padding `=` once made 43 key characters the "id", echoed in the error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retired_key_without_its_id_is_named_by_position_and_never_echoed() {
+    const KEY: &str = "ssJnOKL5NmWjjgO+z2Y7g2DoI4cMY+5kJO5F9ZDvsXQ=";
+    let mut command = run_command("q", "postgres://127.0.0.1/x").await;
+    command
+        .env("MASKPIPE_RETIRED_KEYS", KEY)
+        .args(["--log", "trace"]);
+    let (line, output) = run_expecting_failure_with_output(command).await;
     assert!(
-        line.contains("cannot connect to PostgreSQL at postgres://app:***@127.0.0.1:1/nowhere"),
+        line.contains("MASKPIPE_RETIRED_KEYS is unusable: retired key 1 is not of the form ID=KEY"),
         "{line}"
     );
-    assert!(!line.contains("hunter2"), "password leaked: {line}");
+    for window in KEY.as_bytes().windows(8) {
+        let window = std::str::from_utf8(window).unwrap();
+        assert!(
+            !output.contains(window),
+            "key material {window:?} in:\n{output}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

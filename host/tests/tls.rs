@@ -1,6 +1,7 @@
 //! TLS to PostgreSQL: with `sslmode=require` the connection is encrypted;
-//! with a CA file (`--database-ca`) the server must also prove its name with a
-//! certificate from that CA, and a certificate from any other CA is refused.
+//! with a CA file (`--database-ca`) TLS is required and the server must also
+//! prove its name with a certificate from that CA: a server without TLS, a
+//! certificate from any other CA, or one for another name is refused.
 
 mod common;
 
@@ -9,30 +10,37 @@ use std::time::Duration;
 
 use common::*;
 use maskpipe::sink::{Database, PgSink};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair};
 
-/// A CA, and a server certificate for 127.0.0.1 signed by it.
-struct Pki {
-    ca_pem: String,
-    server_pem: String,
-    server_key_pem: String,
+/// A certificate authority that issues server certificates.
+struct Ca {
+    cert: Certificate,
+    key: KeyPair,
 }
 
-fn pki(name: &str) -> Pki {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, name);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &ca_cert, &ca_key)
-        .unwrap();
-    Pki {
-        ca_pem: ca_cert.pem(),
-        server_pem: server.pem(),
-        server_key_pem: server_key.serialize_pem(),
+impl Ca {
+    fn new(name: &str) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        Self { cert, key }
+    }
+
+    fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A server certificate for `names`, and its key (PEM).
+    fn issue(&self, names: &[&str]) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.cert, &self.key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
     }
 }
 
@@ -53,11 +61,12 @@ fn write_for_server(path: &Path, contents: &str) {
     }
 }
 
-/// Turns TLS on in a running cluster (a reload is enough since PostgreSQL 10).
-async fn enable_tls(url: &str, dir: &Path, pki: &Pki) {
+/// Turns TLS on in a running cluster with this certificate and key, or
+/// replaces them (a reload is enough since PostgreSQL 10).
+async fn enable_tls(url: &str, dir: &Path, (cert_pem, key_pem): &(String, String)) {
     let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
-    write_for_server(&cert, &pki.server_pem);
-    write_for_server(&key, &pki.server_key_pem);
+    write_for_server(&cert, cert_pem);
+    write_for_server(&key, key_pem);
     let admin = query_client(url).await;
     // One statement at a time: ALTER SYSTEM refuses to run in a transaction.
     for statement in [
@@ -75,6 +84,27 @@ async fn enable_tls(url: &str, dir: &Path, pki: &Pki) {
         async || PgSink::connect(&probe).await.is_ok(),
     )
     .await;
+}
+
+/// `maskpipe run --drain` expected to fail at startup: its one error line.
+async fn startup_error(queue: &str, url: &str, ca: &Path) -> String {
+    let mut command = maskpipe();
+    command
+        .args(["run", "--drain", "--wait-seconds", "0"])
+        .args(["--queue", queue, "--database-url", url])
+        .arg("--database-ca")
+        .arg(ca)
+        .arg("--transform")
+        .arg(component_path());
+    let output = run_with_limit(command, Duration::from_secs(90)).await;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("maskpipe: error:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    lines[0].to_owned()
 }
 
 /// Whether the server sees an encrypted session under `application_name`.
@@ -102,10 +132,14 @@ async fn connections_are_encrypted_and_the_ca_is_enforced() {
     let url = private.database_url();
     let tls_dir = private.dir().join("tls");
     std::fs::create_dir_all(&tls_dir).unwrap();
-    let ours = pki("maskpipe test CA");
-    enable_tls(&url, &tls_dir, &ours).await;
-    let our_ca = ca_file(&tls_dir, "ca.pem", &ours.ca_pem);
-    let other_ca = ca_file(&tls_dir, "other-ca.pem", &pki("someone else's CA").ca_pem);
+    let ours = Ca::new("maskpipe test CA");
+    enable_tls(&url, &tls_dir, &ours.issue(&["127.0.0.1", "localhost"])).await;
+    let our_ca = ca_file(&tls_dir, "ca.pem", &ours.pem());
+    let other_ca = ca_file(
+        &tls_dir,
+        "other-ca.pem",
+        &Ca::new("someone else's CA").pem(),
+    );
 
     // Encrypted without a CA (libpq's sslmode=require).
     let require = format!("{url}?sslmode=require&application_name=tls-require");
@@ -115,8 +149,8 @@ async fn connections_are_encrypted_and_the_ca_is_enforced() {
     sink.ping().await.unwrap();
     assert_eq!(encrypted_sessions(&url, "tls-require").await, 1);
 
-    // Verified against the right CA.
-    let verified = format!("{url}?sslmode=require&application_name=tls-verified");
+    // Verified against the right CA, with the default sslmode (prefer).
+    let verified = format!("{url}?application_name=tls-verified");
     let sink = PgSink::connect(&Database::new(&verified, Some(&our_ca)).unwrap())
         .await
         .unwrap();
@@ -135,15 +169,60 @@ async fn connections_are_encrypted_and_the_ca_is_enforced() {
     let queue = fresh_queue().await;
     queue.send(&sample_bodies()).await.unwrap();
     let ca_arg = our_ca.to_str().unwrap();
-    let output = drain(
-        &queue,
-        &format!("{url}?sslmode=require"),
-        &["--database-ca", ca_arg],
-    )
-    .await;
+    let output = drain(&queue, &url, &["--database-ca", ca_arg]).await;
     assert!(output.status.success(), "{output:?}");
     let db = query_client(&url).await;
     assert_eq!(count(&db, "SELECT count(*) FROM user_logins").await, 99);
+
+    // The binary with another CA: exit 1 at startup.
+    let empty = fresh_queue().await;
+    let line = startup_error(empty.queue_url(), &url, &other_ca).await;
+    assert!(line.contains("certificate"), "{line}");
+
+    // A certificate from our CA, but for another name: refused too.
+    enable_tls(&url, &tls_dir, &ours.issue(&["db.example.invalid"])).await;
+    let strict = Database::new(&url, Some(&our_ca)).unwrap();
+    wait_for(
+        "PostgreSQL to present the new certificate",
+        Duration::from_secs(10),
+        async || PgSink::connect(&strict).await.is_err(),
+    )
+    .await;
+    let line = startup_error(empty.queue_url(), &url, &our_ca).await;
+    assert!(line.contains("not valid for name"), "{line}");
+}
+
+/// A CA means TLS is required: a server that declines TLS is refused, not
+/// talked to in plaintext, and `sslmode=disable` beside a CA is refused at
+/// startup.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ca_refuses_a_server_without_tls() {
+    // The shared stack's PostgreSQL has TLS off.
+    let database = fresh_database().await;
+    let queue = fresh_queue().await;
+    let dir = std::env::temp_dir().join(unique_name("maskpipe-tls-off"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = ca_file(&dir, "ca.pem", &Ca::new("maskpipe test CA").pem());
+
+    let line = startup_error(queue.queue_url(), &database, &ca).await;
+    assert!(line.contains("TLS"), "{line}");
+    // Nothing was done over a plaintext session: the schema is not there.
+    let db = query_client(&database).await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'maskpipe_processed'"
+        )
+        .await,
+        0
+    );
+
+    let line = startup_error("q", &format!("{database}?sslmode=disable"), &ca).await;
+    assert!(
+        line.contains("sslmode=disable") && line.contains("CA requires TLS"),
+        "{line}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -2,12 +2,14 @@
 //!
 //! A candidate component is compiled off the hot path, checked by the runtime
 //! (imports, exports), then *validated*: run through the golden vectors
-//! shipped next to it (`NAME.vectors.jsonl` beside `NAME.wasm`), or, when it
-//! ships none, through a canary set built from the sample data (every valid
-//! login becomes a row, the malformed message a rejection, nothing traps).
-//! Only a component that passes is published. Pollers pick up the published
-//! component between batches, so no batch is split across two components and
-//! none is lost or processed twice.
+//! shipped next to it (`NAME.vectors.jsonl` beside `NAME.wasm`) and through a
+//! canary set built from the sample data. When the vectors are enough to
+//! stand alone (see [`vectors::suffice`]), the canary only checks that no row
+//! stores a message's raw `ip` or `device_id` unprotected; when they are too
+//! few, or missing, it also expects every valid login to become a row and the
+//! malformed message a rejection. Only a component that passes is published.
+//! Pollers pick up the published component between batches, so no batch is
+//! split across two components and none is lost or processed twice.
 //!
 //! The watcher follows the component's directory, not its inode, so both
 //! in-place writes and the recommended write-then-rename are seen; events are
@@ -24,7 +26,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 use wasmtime::Engine;
 
-use crate::record::Outcome;
+use crate::record::{Outcome, Row};
 use crate::runtime::{Limits, Transform, short};
 use crate::source::Received;
 use crate::vectors;
@@ -33,7 +35,7 @@ use crate::vectors;
 /// write in several steps.
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
-/// The sample queue's bodies: the canary set for components without vectors.
+/// The sample queue's bodies: the canary set.
 const CANARY_BODIES: &str = include_str!("../../data/queue_bodies.jsonl");
 
 /// `transform.wasm` → `transform.vectors.jsonl`.
@@ -44,16 +46,44 @@ pub fn vectors_path(component: &Path) -> PathBuf {
 /// How a candidate was validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Validation {
-    Vectors { path: PathBuf, count: usize },
+    /// Enough golden vectors; the canary set checked only that no raw PII
+    /// is stored.
+    Vectors {
+        path: PathBuf,
+        count: usize,
+        pii_checked: usize,
+    },
+    /// Too few vectors to stand alone, so the full canary ran as well.
+    VectorsAndCanary {
+        path: PathBuf,
+        count: usize,
+        canary: usize,
+    },
+    /// No vectors file: the full canary.
     Canary { count: usize },
 }
 
 impl std::fmt::Display for Validation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Validation::Vectors { path, count } => {
-                write!(f, "{count} golden vectors from {}", path.display())
-            }
+            Validation::Vectors {
+                path,
+                count,
+                pii_checked,
+            } => write!(
+                f,
+                "{count} golden vectors from {} and a raw-PII check of {pii_checked} built-in canary messages",
+                path.display()
+            ),
+            Validation::VectorsAndCanary {
+                path,
+                count,
+                canary,
+            } => write!(
+                f,
+                "{count} golden vectors from {} (too few alone) and {canary} built-in canary messages",
+                path.display()
+            ),
             Validation::Canary { count } => write!(f, "{count} built-in canary messages"),
         }
     }
@@ -75,34 +105,65 @@ pub fn load_validated(
     Ok((transform, validation))
 }
 
-/// Runs the vectors beside `path`, or the canary set, through `transform`.
+/// Runs the vectors beside `path` and the canary set through `transform`.
 pub fn validate(transform: &Arc<Transform>, path: &Path) -> Result<Validation> {
     let vectors_file = vectors_path(path);
-    if vectors_file.exists() {
-        let text = std::fs::read_to_string(&vectors_file)
-            .with_context(|| format!("cannot read {}", vectors_file.display()))?;
-        let vectors = vectors::parse(&text, &vectors::test_keyring())?;
-        let failures = vectors::check(transform, &vectors)?;
-        if let Some(first) = failures.first() {
-            bail!(
-                "{} of {} vectors in {} failed; first, line {} ({}):\n{}",
-                failures.len(),
-                vectors.len(),
-                vectors_file.display(),
-                first.line,
-                first.name,
-                first.diff.trim_end()
-            );
-        }
+    if !vectors_file.exists() {
+        let count = canary(transform, CanaryCheck::Full)?;
+        return Ok(Validation::Canary { count });
+    }
+    let text = std::fs::read_to_string(&vectors_file)
+        .with_context(|| format!("cannot read {}", vectors_file.display()))?;
+    let vectors = vectors::parse(&text, &vectors::test_keyring())?;
+    let failures = vectors::check(transform, &vectors)?;
+    if let Some(first) = failures.first() {
+        bail!(
+            "{} of {} vectors in {} failed; first, line {} ({}):\n{}",
+            failures.len(),
+            vectors.len(),
+            vectors_file.display(),
+            first.line,
+            first.name,
+            first.diff.trim_end()
+        );
+    }
+    let count = vectors.len();
+    if vectors::suffice(&vectors) {
+        // Vectors written for the component's own policy may expect what the
+        // canary would not; but storing raw PII is wrong under any policy.
+        let pii_checked = canary(transform, CanaryCheck::PiiOnly)?;
         return Ok(Validation::Vectors {
             path: vectors_file,
-            count: vectors.len(),
+            count,
+            pii_checked,
         });
     }
-    canary(transform)
+    // An empty or token vectors file must not be a way around the canary.
+    let canary = canary(transform, CanaryCheck::Full).with_context(|| {
+        format!(
+            "{count} vectors in {} are too few to stand alone (at least {} with both a row and a rejection expected), so the built-in canary ran too",
+            vectors_file.display(),
+            vectors::MIN_VECTORS
+        )
+    })?;
+    Ok(Validation::VectorsAndCanary {
+        path: vectors_file,
+        count,
+        canary,
+    })
 }
 
-fn canary(transform: &Arc<Transform>) -> Result<Validation> {
+/// What the canary set checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CanaryCheck {
+    /// Rows and rejections as the sample implies, and no raw PII.
+    Full,
+    /// No raw PII only.
+    PiiOnly,
+}
+
+/// Runs the canary set; returns how many messages it holds.
+fn canary(transform: &Arc<Transform>, check: CanaryCheck) -> Result<usize> {
     let messages: Vec<Received> = CANARY_BODIES
         .lines()
         .enumerate()
@@ -110,24 +171,96 @@ fn canary(transform: &Arc<Transform>) -> Result<Validation> {
         .collect();
     let mut worker = transform.worker(vectors::test_keyring())?;
     for chunk in messages.chunks(crate::source::MAX_BATCH) {
-        for (message, outcome) in chunk.iter().zip(worker.run(chunk)?) {
-            let is_login = message.body.contains("\"user_id\"");
-            match (is_login, &outcome) {
-                (true, Outcome::Row(_)) | (false, Outcome::Rejected(_)) => {}
-                (true, Outcome::Rejected(rejection)) => bail!(
-                    "canary {} is a valid login but was rejected as `{}`",
-                    message.id,
-                    rejection.code
-                ),
-                (false, Outcome::Row(_)) => {
-                    bail!("canary {} is malformed but became a row", message.id)
-                }
+        let outcomes = worker.run(chunk)?;
+        for (message, outcome) in chunk.iter().zip(&outcomes) {
+            match check {
+                CanaryCheck::Full => check_canary_outcome(message, outcome)?,
+                CanaryCheck::PiiOnly => check_no_raw_pii(message, outcome)?,
             }
         }
     }
-    Ok(Validation::Canary {
-        count: messages.len(),
+    Ok(messages.len())
+}
+
+/// The full canary's verdict on one outcome: a valid login must become a
+/// row, a malformed message a rejection, and no row may hold raw PII.
+pub fn check_canary_outcome(message: &Received, outcome: &Outcome) -> Result<()> {
+    let is_login = message.body.contains("\"user_id\"");
+    match (is_login, outcome) {
+        (true, Outcome::Row(_)) | (false, Outcome::Rejected(_)) => {}
+        (true, Outcome::Rejected(rejection)) => bail!(
+            "canary {} is a valid login but was rejected as `{}`",
+            message.id,
+            rejection.code
+        ),
+        (false, Outcome::Row(_)) => {
+            bail!("canary {} is malformed but became a row", message.id)
+        }
+    }
+    check_no_raw_pii(message, outcome)
+}
+
+/// Refuses a row that stores the message's raw `ip` or `device_id` (as
+/// written, or the ip in canonical form) in any text column: `clear(span)`
+/// is for values the component made harmless, and the host cannot tell.
+/// The error names the field and column, never the value.
+pub fn check_no_raw_pii(message: &Received, outcome: &Outcome) -> Result<()> {
+    let Outcome::Row(row) = outcome else {
+        return Ok(());
+    };
+    for (field, raw) in raw_pii(&message.body) {
+        if let Some(column) = column_holding(row, &raw) {
+            bail!(
+                "{} stores the message's raw `{field}` unprotected in `{column}`: protect it (masked or pseudonymized) or store only a harmless derivative in clear",
+                message.id
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The message's `ip` and `device_id` values, lower-cased, plus the ip's
+/// canonical form. Empty values are skipped: they would match every row.
+fn raw_pii(body: &str) -> Vec<(&'static str, String)> {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::from_str::<serde_json::Value>(body)
+    else {
+        return Vec::new();
+    };
+    let mut raw = Vec::new();
+    for field in ["ip", "device_id"] {
+        let Some(value) = fields.get(field).and_then(|v| v.as_str()) else {
+            continue;
+        };
+        let value = value.trim();
+        if value.is_empty() {
+            continue;
+        }
+        if field == "ip"
+            && let Ok(ip) = value.parse::<std::net::IpAddr>()
+        {
+            raw.push((field, ip.to_string().to_lowercase()));
+        }
+        raw.push((field, value.to_lowercase()));
+    }
+    raw
+}
+
+/// The first text column of `row` that contains `raw` (lower-cased).
+fn column_holding(row: &Row, raw: &str) -> Option<&'static str> {
+    [
+        ("user_id", &row.user_id),
+        ("device_type", &row.device_type),
+        ("masked_ip", &row.masked_ip),
+        ("masked_device_id", &row.masked_device_id),
+        ("locale", &row.locale),
+    ]
+    .into_iter()
+    .find(|(_, value)| {
+        value
+            .as_deref()
+            .is_some_and(|value| value.to_lowercase().contains(raw))
     })
+    .map(|(column, _)| column)
 }
 
 /// Swap counters, for the summary and metrics.
@@ -315,5 +448,99 @@ mod tests {
     #[test]
     fn the_canary_set_is_the_sample() {
         assert_eq!(CANARY_BODIES.lines().count(), 100);
+    }
+
+    const LOGIN: &str = r#"{"user_id": "u1", "device_type": "ios", "ip": "2001:DB8::0:1", "device_id": "593-47-5928", "locale": "RU", "app_version": "2.3.0"}"#;
+
+    fn login_row() -> Row {
+        Row {
+            user_id: Some("u1".into()),
+            device_type: Some("ios".into()),
+            masked_ip: Some("mp1.test.AAAA".into()),
+            masked_device_id: Some("mp1.test.BBBB".into()),
+            locale: Some("RU".into()),
+            app_version: Some(20300),
+            create_date: None,
+        }
+    }
+
+    #[test]
+    fn the_canary_refuses_raw_pii_in_any_column() {
+        let message = Received::local("canary-7", LOGIN, 0);
+        check_canary_outcome(&message, &Outcome::Row(login_row())).unwrap();
+        let leaks = [
+            // as written, canonical (lower case, `::` folded), decorated
+            Row {
+                masked_ip: Some("2001:DB8::0:1".into()),
+                ..login_row()
+            },
+            Row {
+                locale: Some("2001:db8::1".into()),
+                ..login_row()
+            },
+            Row {
+                masked_device_id: Some("device:593-47-5928".into()),
+                ..login_row()
+            },
+            Row {
+                user_id: Some("593-47-5928".into()),
+                ..login_row()
+            },
+        ];
+        for row in leaks {
+            let error = check_canary_outcome(&message, &Outcome::Row(row.clone()))
+                .expect_err("a raw value must be refused");
+            let error = error.to_string();
+            assert!(
+                error.contains("canary-7 stores the message's raw"),
+                "{error}"
+            );
+            // The error names the field, never the value.
+            assert!(
+                !error.contains("593-47") && !error.contains("db8"),
+                "{error}"
+            );
+            assert!(check_no_raw_pii(&message, &Outcome::Row(row)).is_err());
+        }
+        // A harmless derivative in clear is fine: the analytics /48.
+        let network = Row {
+            masked_ip: Some("2001:db8::/48".into()),
+            ..login_row()
+        };
+        check_canary_outcome(&message, &Outcome::Row(network)).unwrap();
+    }
+
+    #[test]
+    fn the_full_canary_expects_rows_for_logins_and_rejections_for_the_rest() {
+        let login = Received::local("canary-1", LOGIN, 0);
+        let malformed = Received::local("canary-12", r#"{"foo": "oops"}"#, 0);
+        let rejected = Outcome::Rejected(crate::record::Rejection::new("wrong_schema", "x"));
+        assert!(check_canary_outcome(&login, &rejected).is_err());
+        assert!(check_canary_outcome(&malformed, &Outcome::Row(login_row())).is_err());
+        check_canary_outcome(&malformed, &rejected).unwrap();
+        // The PII-only check has no such expectations.
+        check_no_raw_pii(&login, &rejected).unwrap();
+        check_no_raw_pii(&malformed, &Outcome::Row(login_row())).unwrap();
+    }
+
+    #[test]
+    fn validation_says_what_ran() {
+        let path = PathBuf::from("t.vectors.jsonl");
+        let both = Validation::VectorsAndCanary {
+            path: path.clone(),
+            count: 0,
+            canary: 100,
+        };
+        assert_eq!(
+            both.to_string(),
+            "0 golden vectors from t.vectors.jsonl (too few alone) and 100 built-in canary messages"
+        );
+        let vectors = Validation::Vectors {
+            path,
+            count: 32,
+            pii_checked: 100,
+        };
+        assert!(vectors.to_string().contains("32 golden vectors"));
+        assert!(vectors.to_string().contains("raw-PII check of 100"));
     }
 }

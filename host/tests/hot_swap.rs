@@ -1,6 +1,7 @@
 //! Hot swap under continuous load, against the real stack: v1 → v2 by
 //! rename mid-stream loses and duplicates nothing and never splits a batch;
 //! a component that fails its vectors is refused and v2 keeps running.
+//! A component that stores raw PII is refused.
 
 mod common;
 
@@ -226,5 +227,143 @@ async fn swapping_mid_stream_loses_nothing_and_refuses_a_broken_component() {
         "{swap_line}"
     );
     println!("{swap_line}");
+    std::fs::remove_dir_all(&deploy_dir).ok();
+}
+
+/// A running `maskpipe run` whose stderr is collected.
+struct Host {
+    child: tokio::process::Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Host {
+    /// One poller on `transform`.
+    fn start(queue: &str, database: &str, transform: &Path) -> Self {
+        let mut child = maskpipe()
+            .args([
+                "run",
+                "--pollers",
+                "1",
+                "--wait-seconds",
+                "1",
+                "--progress-seconds",
+                "0",
+            ])
+            .args(["--queue", queue, "--database-url", database])
+            .arg("--transform")
+            .arg(transform)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::<String>::new()));
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let writer = Arc::clone(&log);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                writer.lock().unwrap().push(line);
+            }
+        });
+        Self { child, log }
+    }
+
+    fn lines_with(&self, needle: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    async fn stop(mut self) {
+        let pid = self.child.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "host exited with {status}");
+    }
+}
+
+/// How many messages of `database`'s ledger ran on `digest`.
+async fn ran_on(database: &str, digest: &str) -> i64 {
+    let db = query_client(database).await;
+    db.query_one(
+        "SELECT count(*) FROM maskpipe_processed WHERE component_digest = $1",
+        &[&digest],
+    )
+    .await
+    .map(|r| r.get::<_, i64>(0))
+    .unwrap_or(0)
+}
+
+/// Sends `count` unique logins tagged `tag`.
+async fn send_logins(queue: &maskpipe::source::SqsSource, tag: &str, count: usize) {
+    queue.send(&unique_logins(tag, count, 0)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_component_storing_the_raw_ip_is_refused_at_hot_swap_and_the_running_one_continues() {
+    let database = fresh_database().await;
+    let queue = fresh_queue().await;
+    let deploy_dir = temp_dir("maskpipe-swap-leaky");
+    let live = deploy_dir.join("transform.wasm");
+    let v1 = release_dir().join("transform_wasm.wasm");
+    let v1_digest = sha256(&v1);
+    deploy(
+        &v1,
+        &repo_root().join("transform-wasm/vectors.jsonl"),
+        &live,
+    );
+
+    let host = Host::start(queue.queue_url(), &database, &live);
+    send_logins(&queue, "leak-before", 10).await;
+    wait_for("rows from v1", Duration::from_secs(60), async || {
+        ran_on(&database, &v1_digest).await >= 10
+    })
+    .await;
+
+    // The leaky component with an empty vectors file: the vectors cannot
+    // vouch for it, and the canary refuses it.
+    let empty = deploy_dir.join("empty.vectors.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let leaky = fixture_path("fixture_leaky");
+    let leaky_digest = sha256(&leaky);
+    deploy(&leaky, &empty, &live);
+    wait_for(
+        "the leaky component to be refused",
+        Duration::from_secs(10),
+        async || !host.lines_with("refused the new transform").is_empty(),
+    )
+    .await;
+    let refusal = host.lines_with("refused the new transform").join("\n");
+    assert!(
+        refusal.contains("stores the message's raw `ip` unprotected in `masked_ip`"),
+        "{refusal}"
+    );
+    assert!(refusal.contains(&v1_digest[..12]), "{refusal}");
+
+    send_logins(&queue, "leak-after", 10).await;
+    wait_for("v1 to keep running", Duration::from_secs(60), async || {
+        ran_on(&database, &v1_digest).await >= 20
+    })
+    .await;
+    assert_eq!(ran_on(&database, &leaky_digest).await, 0);
+    assert!(
+        host.lines_with("swapped transform").is_empty(),
+        "{}",
+        host.log_text()
+    );
+    host.stop().await;
     std::fs::remove_dir_all(&deploy_dir).ok();
 }

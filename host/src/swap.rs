@@ -11,15 +11,21 @@
 //! Pollers pick up the published component between batches, so no batch is
 //! split across two components and none is lost or processed twice.
 //!
-//! The watcher follows the component's directory, not its inode, so both
-//! in-place writes and the recommended write-then-rename are seen; events are
-//! debounced, and a half-written file simply fails to compile and keeps the
-//! running component until the write completes.
+//! The watcher reacts to a change of what the path *resolves to*, whatever
+//! event carries it: it watches the component's directory and the real
+//! directory of every hop of its symlink chain (re-resolved after each
+//! change: a Kubernetes ConfigMap update renames a `..data` symlink and puts
+//! the file in a new directory, with no event for `transform.wasm` itself),
+//! treats any non-access event there as "maybe changed", debounces, and
+//! compares a cheap fingerprint (resolved path, inode, size, times) before
+//! the content digest. A slow periodic fingerprint check covers filesystems
+//! without events (NFS, some overlays). A half-written file simply fails to
+//! compile and keeps the running component until the write completes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use notify::{RecursiveMode, Watcher};
@@ -34,6 +40,14 @@ use crate::vectors;
 /// Quiet time after the last file event before a reload: editors and `cp`
 /// write in several steps.
 const DEBOUNCE: Duration = Duration::from_millis(300);
+/// A directory that never goes quiet (the component beside a busy log, say)
+/// must not postpone the check for ever.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(2);
+/// Default period of the fingerprint check that needs no file events.
+pub const DEFAULT_POLL: Duration = Duration::from_secs(5);
+/// Symlink hops followed when finding the directories to watch (as Linux's
+/// own limit): a loop ends here instead of spinning.
+const MAX_SYMLINK_HOPS: usize = 40;
 
 /// The sample queue's bodies: the canary set.
 const CANARY_BODIES: &str = include_str!("../../data/queue_bodies.jsonl");
@@ -263,6 +277,137 @@ fn column_holding(row: &Row, raw: &str) -> Option<&'static str> {
     .map(|(column, _)| column)
 }
 
+/// What a path resolves to, cheaply: a change in any part means "read it
+/// and compare digests". The resolved path changes when a symlink is
+/// retargeted (a ConfigMap update), the inode on write-then-rename, size and
+/// times on an in-place write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    target: PathBuf,
+    len: u64,
+    modified: Option<SystemTime>,
+    identity: (u64, u64, i64, i64),
+}
+
+impl Fingerprint {
+    /// `None` when the path does not resolve to a readable file's metadata.
+    pub fn of(path: &Path) -> Option<Self> {
+        let target = std::fs::canonicalize(path).ok()?;
+        let metadata = std::fs::metadata(&target).ok()?;
+        Some(Self {
+            len: metadata.len(),
+            modified: metadata.modified().ok(),
+            identity: identity(&metadata),
+            target,
+        })
+    }
+}
+
+/// Device, inode and change time: what a rename or an in-place write that
+/// keeps size and mtime still changes.
+#[cfg(unix)]
+fn identity(metadata: &std::fs::Metadata) -> (u64, u64, i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    (
+        metadata.dev(),
+        metadata.ino(),
+        metadata.ctime(),
+        metadata.ctime_nsec(),
+    )
+}
+
+#[cfg(not(unix))]
+fn identity(_: &std::fs::Metadata) -> (u64, u64, i64, i64) {
+    (0, 0, 0, 0)
+}
+
+/// The real directories whose entries decide what `path` resolves to: the
+/// one holding each hop of its symlink chain, and the one holding the final
+/// file (which a symlinked directory, like a ConfigMap's `..data`, moves).
+pub fn watched_dirs(path: &Path) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    let mut push = |dir: &Path| {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        // Canonical, so one directory is watched once whatever path reaches it.
+        if let Ok(real) = std::fs::canonicalize(dir)
+            && !dirs.contains(&real)
+        {
+            dirs.push(real);
+        }
+    };
+    let mut hop = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    for _ in 0..MAX_SYMLINK_HOPS {
+        let parent = hop.parent().map(Path::to_path_buf).unwrap_or_default();
+        push(&parent);
+        match std::fs::read_link(&hop) {
+            Ok(target) => hop = parent.join(target),
+            Err(_) => break,
+        }
+    }
+    if let Some(parent) = std::fs::canonicalize(path)
+        .ok()
+        .and_then(|real| real.parent().map(Path::to_path_buf))
+    {
+        push(&parent);
+    }
+    dirs
+}
+
+/// A directory watcher that follows the component's resolution.
+struct DirWatch {
+    watcher: notify::RecommendedWatcher,
+    watching: Vec<PathBuf>,
+}
+
+impl DirWatch {
+    fn new(changed: mpsc::Sender<()>) -> Result<Self> {
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            // Errors (a queue overflow, say) may hide a change: check anyway.
+            if event.is_ok_and(|event| event.kind.is_access()) {
+                return;
+            }
+            // A full channel already holds a pending check: nothing lost.
+            let _ = changed.try_send(());
+        })?;
+        Ok(Self {
+            watcher,
+            watching: Vec::new(),
+        })
+    }
+
+    /// Watches exactly the directories `path` now resolves through; a
+    /// directory that cannot be watched yet is retried on the next call.
+    fn follow(&mut self, path: &Path) {
+        let wanted = watched_dirs(path);
+        if wanted == self.watching {
+            return;
+        }
+        for old in &self.watching {
+            if !wanted.contains(old) {
+                // Fails harmlessly when the directory is already gone.
+                let _ = self.watcher.unwatch(old);
+            }
+        }
+        let mut watching = Vec::with_capacity(wanted.len());
+        for dir in wanted {
+            if self.watching.contains(&dir) {
+                watching.push(dir);
+                continue;
+            }
+            match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => watching.push(dir),
+                Err(error) => tracing::debug!("cannot watch {} yet: {error}", dir.display()),
+            }
+        }
+        tracing::debug!(?watching, "watching for transform changes");
+        self.watching = watching;
+    }
+}
+
 /// Swap counters, for the summary and metrics.
 #[derive(Debug, Default)]
 pub struct SwapStats {
@@ -277,6 +422,7 @@ pub struct Reloader {
     limits: Limits,
     current: watch::Sender<Arc<Transform>>,
     stats: Arc<SwapStats>,
+    poll: Option<Duration>,
 }
 
 impl Reloader {
@@ -293,67 +439,83 @@ impl Reloader {
             limits,
             current,
             stats,
+            poll: Some(DEFAULT_POLL),
         }
     }
 
-    /// Reloads on file changes and SIGHUP until `shutdown`. Like the pollers,
-    /// it returns no `Result`: a failed reload keeps the running component.
+    /// Period of the fingerprint check that needs no file events; `None`
+    /// turns it off (events and SIGHUP only).
+    pub fn with_poll(mut self, poll: Option<Duration>) -> Self {
+        self.poll = poll.filter(|p| !p.is_zero());
+        self
+    }
+
+    /// Reloads on file changes, periodic checks and SIGHUP until `shutdown`.
+    /// Like the pollers, it returns no `Result`: a failed reload keeps the
+    /// running component.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let (changed_tx, mut changed) = mpsc::channel::<()>(1);
-        let _watcher = match self.watch_file(changed_tx) {
+        let mut watcher = match DirWatch::new(changed_tx) {
             Ok(watcher) => Some(watcher),
             Err(error) => {
                 tracing::warn!(
-                    "cannot watch {} ({error:#}); reload with SIGHUP",
-                    self.path.display()
+                    "cannot watch {} ({error:#}); reload with SIGHUP{}",
+                    self.path.display(),
+                    self.poll
+                        .map(|p| format!(" or wait for the check every {} s", p.as_secs_f64()))
+                        .unwrap_or_default()
                 );
                 None
             }
         };
+        if let Some(watcher) = watcher.as_mut() {
+            watcher.follow(&self.path);
+        }
+        let mut poll = self.poll.map(|period| {
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval
+        });
         let mut hangup = hangup_signal();
+        // None: the first check (the poll's immediate tick) compares digests,
+        // catching a change between startup's load and the watch.
+        let mut last: Option<Fingerprint> = None;
         loop {
-            tokio::select! {
+            let forced = tokio::select! {
                 Some(()) = changed.recv() => {
-                    // Debounce: wait until the file has been quiet for a while.
+                    // Debounce: wait until the directories have been quiet
+                    // for a while, but not for ever.
+                    let deadline = tokio::time::Instant::now() + MAX_DEBOUNCE;
                     loop {
                         tokio::select! {
                             _ = tokio::time::sleep(DEBOUNCE) => break,
+                            _ = tokio::time::sleep_until(deadline) => break,
                             Some(()) = changed.recv() => {}
                         }
                     }
+                    false
                 }
+                () = next_tick(&mut poll) => false,
                 Some(()) = next_hangup(&mut hangup) => {
                     tracing::info!("SIGHUP: reloading {}", self.path.display());
+                    true
                 }
                 _ = shutdown.changed() => break,
+            };
+            // The target's directory moves with every ConfigMap update.
+            if let Some(watcher) = watcher.as_mut() {
+                watcher.follow(&self.path);
             }
+            let now = Fingerprint::of(&self.path);
+            if !forced && now == last {
+                continue;
+            }
+            // Recorded before reading, so a write during the read shows as a
+            // change next time; and recorded whatever the verdict, so a
+            // refused component is not retried every period.
+            last = now;
             self.reload().await;
         }
-    }
-
-    fn watch_file(&self, changed: mpsc::Sender<()>) -> Result<notify::RecommendedWatcher> {
-        let directory = match self.path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = self.path.file_name().map(|n| n.to_os_string());
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                let Ok(event) = event else { return };
-                if event.kind.is_access() {
-                    return;
-                }
-                if event
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
-                {
-                    // A full channel already holds a pending reload: nothing lost.
-                    let _ = changed.try_send(());
-                }
-            })?;
-        watcher.watch(&directory, RecursiveMode::NonRecursive)?;
-        Ok(watcher)
     }
 
     async fn reload(&self) {
@@ -407,6 +569,15 @@ impl Reloader {
                 tracing::error!("the reload thread panicked: {error}");
             }
         }
+    }
+}
+
+async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -542,5 +713,69 @@ mod tests {
         };
         assert!(vectors.to_string().contains("32 golden vectors"));
         assert!(vectors.to_string().contains("raw-PII check of 100"));
+    }
+
+    fn temp_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "maskpipe-swap-unit-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::canonicalize(dir).unwrap()
+    }
+
+    /// The kubelet's ConfigMap layout: `name -> ..data/name`,
+    /// `..data -> ..<timestamp>`.
+    #[cfg(unix)]
+    fn kubelet_update(mount: &Path, stamp: &str, content: &[u8]) {
+        use std::os::unix::fs::symlink;
+        let version = mount.join(stamp);
+        std::fs::create_dir(&version).unwrap();
+        std::fs::write(version.join("transform.wasm"), content).unwrap();
+        symlink(stamp, mount.join("..data_tmp")).unwrap();
+        std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).unwrap();
+        if std::fs::symlink_metadata(mount.join("transform.wasm")).is_err() {
+            symlink("..data/transform.wasm", mount.join("transform.wasm")).unwrap();
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_configmap_update_changes_the_fingerprint_and_the_watched_directories() {
+        let mount = temp_dir();
+        let live = mount.join("transform.wasm");
+        kubelet_update(&mount, "..2026_11_26_10_00_00.1", b"same bytes");
+        let first = Fingerprint::of(&live).unwrap();
+        assert_eq!(Fingerprint::of(&live), Some(first.clone()), "stable");
+        assert_eq!(
+            watched_dirs(&live),
+            vec![mount.clone(), mount.join("..2026_11_26_10_00_00.1")]
+        );
+
+        // Same size, same content: only the resolution moved.
+        kubelet_update(&mount, "..2026_11_26_10_00_00.2", b"same bytes");
+        std::fs::remove_dir_all(mount.join("..2026_11_26_10_00_00.1")).unwrap();
+        assert_ne!(Fingerprint::of(&live).unwrap(), first);
+        assert_eq!(
+            watched_dirs(&live),
+            vec![mount.clone(), mount.join("..2026_11_26_10_00_00.2")]
+        );
+        std::fs::remove_dir_all(&mount).unwrap();
+    }
+
+    #[test]
+    fn write_then_rename_changes_the_fingerprint() {
+        let dir = temp_dir();
+        let live = dir.join("transform.wasm");
+        std::fs::write(&live, b"same bytes").unwrap();
+        let first = Fingerprint::of(&live).unwrap();
+        // The new inode tells, even within one timestamp tick.
+        std::fs::write(dir.join("staged"), b"same bytes").unwrap();
+        std::fs::rename(dir.join("staged"), &live).unwrap();
+        assert_ne!(Fingerprint::of(&live).unwrap(), first);
+        assert_eq!(watched_dirs(&live), vec![dir.clone()]);
+        assert_eq!(Fingerprint::of(&dir.join("missing.wasm")), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -361,6 +361,7 @@ pub fn watched_dirs(path: &Path) -> Vec<PathBuf> {
 struct DirWatch {
     watcher: notify::RecommendedWatcher,
     watching: Vec<PathBuf>,
+    warned: bool,
 }
 
 impl DirWatch {
@@ -376,6 +377,7 @@ impl DirWatch {
         Ok(Self {
             watcher,
             watching: Vec::new(),
+            warned: false,
         })
     }
 
@@ -400,6 +402,15 @@ impl DirWatch {
             }
             match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
                 Ok(()) => watching.push(dir),
+                // Once, not on every retry: the periodic check still runs
+                // (an exhausted inotify limit is the usual cause).
+                Err(error) if !self.warned => {
+                    self.warned = true;
+                    tracing::warn!(
+                        "cannot watch {} ({error}); changes there are seen by the periodic check or SIGHUP",
+                        dir.display()
+                    );
+                }
                 Err(error) => tracing::debug!("cannot watch {} yet: {error}", dir.display()),
             }
         }

@@ -46,9 +46,9 @@ build-transform: toolchain
         cp "$(dirname "$manifest")/vectors.jsonl" "target/{{wasm_target}}/release/$file.vectors.jsonl"
     done
 
-# Build the hostile test components (sandbox tests).
+# Build the hostile test components (sandbox and validation tests).
 build-fixtures: toolchain
-    cargo build --release --target {{wasm_target}} -p fixture-hostile -p fixture-fs-reader
+    cargo build --release --target {{wasm_target}} -p fixture-hostile -p fixture-fs-reader -p fixture-leaky
 
 # Scaffold a new transform crate under transform-wasm/NAME that builds and passes its own vectors.
 new-transform name:
@@ -100,7 +100,7 @@ lint: toolchain
     cargo clippy --release --workspace --all-targets -- -D warnings
     # The transforms (found as build-transform finds them), their shared
     # login-core (whose arena is wasm-only) and the sandbox fixtures.
-    packages=(-p login-core -p fixture-hostile -p fixture-fs-reader)
+    packages=(-p login-core -p fixture-hostile -p fixture-fs-reader -p fixture-leaky)
     for manifest in transform-wasm/Cargo.toml transform-wasm/*/Cargo.toml; do
         grep -q cdylib "$manifest" || continue
         packages+=(-p "$(sed -n 's/^name = "\(.*\)"/\1/p' "$manifest" | head -1)")

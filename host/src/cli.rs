@@ -4,7 +4,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -215,7 +215,8 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         args.limits(),
         publish,
         Arc::clone(&swaps),
-    );
+    )
+    .with_poll(Some(Duration::from_secs(args.watch_poll_seconds)));
     let reloading = tokio::spawn(reloader.run(shutdown.clone()));
     let drain = settings.drain;
     let pipeline = Pipeline::new(source.clone(), published, keyring, settings);

@@ -169,6 +169,13 @@ pub struct RunArgs {
     #[arg(long, env = "MASKPIPE_CACHE_DIR", value_name = "DIR|off")]
     pub cache_dir: Option<String>,
 
+    /// Seconds between checks of the transform file that need no file
+    /// events (NFS, some overlays); events and SIGHUP reload at once. 0 turns
+    /// the periodic check off.
+    #[arg(long, env = "MASKPIPE_WATCH_POLL_SECONDS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub watch_poll_seconds: u64,
+
     /// Seconds between progress log lines; 0 turns them off.
     #[arg(long, env = "MASKPIPE_PROGRESS_SECONDS", default_value_t = 5)]
     pub progress_seconds: u64,

@@ -168,6 +168,21 @@ fn parse_row(row: &serde_json::Map<String, Value>, keyring: &Keyring) -> Result<
     })
 }
 
+/// Golden vectors stand in for the built-in canary only with at least this
+/// many, among them at least one expected row and one expected rejection:
+/// an empty or token file must not be a way around validation.
+pub const MIN_VECTORS: usize = 5;
+
+/// Whether `vectors` are enough to validate a component without the full
+/// canary (see [`MIN_VECTORS`]).
+pub fn suffice(vectors: &[Vector]) -> bool {
+    vectors.len() >= MIN_VECTORS
+        && vectors.iter().any(|v| matches!(v.expect, Expected::Row(_)))
+        && vectors
+            .iter()
+            .any(|v| matches!(v.expect, Expected::Rejected(_)))
+}
+
 /// Runs every vector through `transform` in batches, as the pipeline would,
 /// and returns the ones that failed.
 pub async fn check(transform: &Arc<Transform>, vectors: &[Vector]) -> Result<Vec<Failure>> {
@@ -190,19 +205,26 @@ pub async fn check(transform: &Arc<Transform>, vectors: &[Vector]) -> Result<Vec
 }
 
 /// Loads `component` and runs the vectors file through it: how many vectors
-/// there were, and which failed.
+/// there were, and which failed. A file with no vectors is an error: it
+/// would pass any component.
 pub async fn check_file(component: &Path, vectors_file: &Path) -> Result<(usize, Vec<Failure>)> {
-    let engine = runtime::engine()?;
-    let transform = Arc::new(Transform::load(&engine, component, Limits::default()).await?);
     let text = std::fs::read_to_string(vectors_file)
         .with_context(|| format!("cannot read vectors {}", vectors_file.display()))?;
     let vectors = parse(&text, &test_keyring())?;
+    if vectors.is_empty() {
+        bail!(
+            "no vectors in {}: an empty vectors file proves nothing",
+            vectors_file.display()
+        );
+    }
+    let engine = runtime::engine()?;
+    let transform = Arc::new(Transform::load(&engine, component, Limits::default()).await?);
     let failures = check(&transform, &vectors).await?;
     Ok((vectors.len(), failures))
 }
 
 /// For a transform crate's own tests: panics with every diff unless all
-/// vectors pass.
+/// vectors pass, and when there are none.
 pub fn assert_all_pass(component: &Path, vectors_file: &Path) {
     assert!(
         component.exists(),
@@ -322,6 +344,39 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn few_or_one_sided_vectors_do_not_suffice() {
+        let keyring = test_keyring();
+        let row = r#"{"body": "{}", "expect": {"row": {"user_id": "u"}}}"#;
+        let rejected = r#"{"body": "x", "expect": {"rejected": "invalid_json"}}"#;
+        let file = |rows: usize, rejections: usize| {
+            let lines: Vec<&str> = std::iter::repeat_n(row, rows)
+                .chain(std::iter::repeat_n(rejected, rejections))
+                .collect();
+            parse(&lines.join("\n"), &keyring).unwrap()
+        };
+        assert!(!suffice(&file(0, 0)));
+        assert!(!suffice(&file(3, 1)));
+        assert!(!suffice(&file(5, 0)));
+        assert!(!suffice(&file(0, 5)));
+        assert!(suffice(&file(4, 1)));
+    }
+
+    #[test]
+    fn an_empty_vectors_file_is_an_error() {
+        let path = std::env::temp_dir().join(format!(
+            "maskpipe-empty-{}-{:08x}.vectors.jsonl",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::write(&path, "// only a comment\n\n").unwrap();
+        // Refused before the component is even looked at.
+        let error =
+            runtime::block_on(check_file(Path::new("/nonexistent.wasm"), &path)).unwrap_err();
+        assert!(format!("{error:#}").contains("no vectors in"), "{error:#}");
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The built reference component, loaded in real wasmtime: the sample data,
-//! its digest, and the sandbox's refusal of ungranted imports. (Its golden
-//! vectors run in transform-wasm's own tests.)
+//! its digest, the sandbox's refusal of ungranted imports, and what
+//! validation demands of a candidate. (Its golden vectors run in
+//! transform-wasm's own tests.)
 
 mod common;
 
@@ -10,6 +11,7 @@ use common::*;
 use maskpipe::record::Outcome;
 use maskpipe::runtime::{self, Limits, Transform};
 use maskpipe::source::Received;
+use maskpipe::swap::{self, Validation};
 
 fn load() -> Arc<Transform> {
     let engine = runtime::engine().unwrap();
@@ -111,4 +113,130 @@ fn garbage_is_not_a_component() {
     .err()
     .expect("must be refused");
     assert!(format!("{error:#}").contains("not a valid WebAssembly component"));
+}
+
+/// `component` deployed as `transform.wasm` in a fresh directory, with
+/// `vectors` (if any) as its `transform.vectors.jsonl`; validated.
+fn validate_deployed(
+    component: &std::path::Path,
+    vectors: Option<&str>,
+) -> anyhow::Result<Validation> {
+    let dir = temp_dir("maskpipe-validate");
+    let live = dir.join("transform.wasm");
+    std::fs::copy(component, &live).unwrap();
+    if let Some(vectors) = vectors {
+        std::fs::write(swap::vectors_path(&live), vectors).unwrap();
+    }
+    let engine = runtime::engine().unwrap();
+    let result =
+        runtime::block_on(swap::load_validated(&engine, &live, Limits::default())).map(|(_, v)| v);
+    std::fs::remove_dir_all(&dir).ok();
+    result
+}
+
+#[test]
+fn an_empty_vectors_file_no_longer_validates_a_component_that_fails_the_canary() {
+    // The leaky fixture passes zero vectors; the canary, which now runs
+    // beside too few vectors, refuses it.
+    let leaky = fixture_path("fixture_leaky");
+    for vectors in [Some(""), Some("// nothing yet\n"), None] {
+        let error = validate_deployed(&leaky, vectors).expect_err("the canary must refuse it");
+        let error = format!("{error:#}");
+        assert!(
+            error.contains("failed validation")
+                && error.contains("stores the message's raw `ip` unprotected in `masked_ip`"),
+            "{error}"
+        );
+        if vectors.is_some() {
+            assert!(error.contains("0 vectors in"), "{error}");
+            assert!(error.contains("too few to stand alone"), "{error}");
+        }
+    }
+    // The reference with an empty file: the full canary ran, and says so.
+    let validation = validate_deployed(&component_path(), Some("")).unwrap();
+    assert!(
+        matches!(
+            validation,
+            Validation::VectorsAndCanary {
+                count: 0,
+                canary: 100,
+                ..
+            }
+        ),
+        "{validation:?}"
+    );
+    assert!(
+        validation
+            .to_string()
+            .contains("and 100 built-in canary messages")
+    );
+}
+
+#[test]
+fn too_few_vectors_bring_in_the_canary_and_enough_still_check_raw_pii() {
+    let reference_vectors =
+        std::fs::read_to_string(repo_root().join("transform-wasm/vectors.jsonl")).unwrap();
+    let rows: Vec<&str> = reference_vectors
+        .lines()
+        .filter(|l| l.contains("\"row\""))
+        .collect();
+    // Four passing vectors, all rows: too few, so the canary ran too.
+    let validation = validate_deployed(&component_path(), Some(&rows[..4].join("\n"))).unwrap();
+    assert!(
+        matches!(validation, Validation::VectorsAndCanary { count: 4, .. }),
+        "{validation:?}"
+    );
+    // The full file stands alone; the canary checked raw PII only.
+    let validation = validate_deployed(&component_path(), Some(&reference_vectors)).unwrap();
+    assert!(
+        matches!(
+            validation,
+            Validation::Vectors {
+                pii_checked: 100,
+                ..
+            }
+        ),
+        "{validation:?}"
+    );
+    // The leaky component with enough vectors written for its leak (the
+    // reference's, expecting the IPv4 address in clear): all of them pass,
+    // and still the canary refuses it.
+    let leaky_vectors: Vec<String> = reference_vectors
+        .lines()
+        .filter_map(|line| {
+            let mut vector: serde_json::Value = serde_json::from_str(line).ok()?;
+            if let Some(masked_ip) = vector.pointer_mut("/expect/row/masked_ip") {
+                let ip = masked_ip.pointer("/mask/1")?.as_str()?.to_owned();
+                if ip.contains(':') {
+                    return None; // IPv6: written and canonical forms differ
+                }
+                *masked_ip = serde_json::Value::String(ip);
+            }
+            Some(vector.to_string())
+        })
+        .collect();
+    let vectors_text = leaky_vectors.join("\n");
+    let leaky = fixture_path("fixture_leaky");
+    let dir = temp_dir("maskpipe-leaky-vectors");
+    let file = dir.join("leaky.vectors.jsonl");
+    std::fs::write(&file, &vectors_text).unwrap();
+    let (count, failures) =
+        runtime::block_on(maskpipe::vectors::check_file(&leaky, &file)).unwrap();
+    assert!(
+        count >= 10 && failures.is_empty(),
+        "{count} vectors, {failures:?}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    let error = validate_deployed(&leaky, Some(&vectors_text))
+        .expect_err("raw PII is refused whatever the vectors say");
+    assert!(format!("{error:#}").contains("raw `ip`"), "{error:#}");
+}
+
+#[test]
+#[should_panic(expected = "no vectors in")]
+fn assert_all_pass_fails_on_an_empty_vectors_file() {
+    let dir = temp_dir("maskpipe-empty-vectors");
+    let file = dir.join("empty.vectors.jsonl");
+    std::fs::write(&file, "").unwrap();
+    maskpipe::vectors::assert_all_pass(&component_path(), &file);
 }

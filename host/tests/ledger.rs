@@ -1,4 +1,5 @@
-//! The sink's ledger against a real PostgreSQL: redeliveries add nothing.
+//! The sink's ledger against a real PostgreSQL, fed by a real SQS queue:
+//! redeliveries (same message id, new receipt handle) add nothing.
 
 mod common;
 
@@ -6,13 +7,45 @@ use chrono::NaiveDate;
 use common::*;
 use maskpipe::record::{Outcome, Rejection, Row};
 use maskpipe::sink::{Database, PgSink, Processed};
-use maskpipe::source::Received;
+use maskpipe::source::{Received, SqsSource};
 
-fn message(id: &str) -> Received {
-    Received {
-        receipt_handle: format!("receipt-{id}"),
-        ..Received::local(id, format!("{{\"id\": \"{id}\"}}"), 1_670_839_200_000)
+/// The body of the test message tagged `tag`.
+fn body(tag: &str) -> String {
+    format!("{{\"id\": \"{tag}\"}}")
+}
+
+/// What the transform would make of each tagged body: rows, and a rejection
+/// for `m3`.
+fn outcome_of(message: &Received) -> Outcome {
+    let tag = message.body.split('"').nth(3).unwrap_or("");
+    match tag {
+        "m3" => Outcome::Rejected(Rejection::new("wrong_schema", "no login fields")),
+        tag => row(&format!("u{}", tag.trim_start_matches('m'))),
     }
+}
+
+/// Receives until exactly `count` messages are in hand, sorted by body.
+async fn receive_exactly(queue: &SqsSource, count: usize) -> Vec<Received> {
+    let mut received: Vec<Received> = Vec::new();
+    let started = std::time::Instant::now();
+    while received.len() < count {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "received {} of {count}",
+            received.len()
+        );
+        received.extend(queue.receive(10, 1, Some(60)).await.unwrap());
+    }
+    assert_eq!(received.len(), count, "more messages than expected");
+    received.sort_by(|a, b| a.body.cmp(&b.body));
+    received
+}
+
+/// Makes received messages visible at once, as an expired visibility
+/// timeout (a crashed consumer) would.
+async fn make_visible_again(queue: &SqsSource, messages: &[Received]) {
+    let handles: Vec<String> = messages.iter().map(|m| m.receipt_handle.clone()).collect();
+    assert_eq!(queue.extend_visibility(&handles, 0).await.unwrap(), 0);
 }
 
 fn row(user: &str) -> Outcome {
@@ -27,49 +60,66 @@ fn row(user: &str) -> Outcome {
     })
 }
 
+async fn write(
+    sink: &mut PgSink,
+    messages: &[Received],
+    digest: &str,
+) -> maskpipe::sink::WriteReport {
+    let outcomes: Vec<Outcome> = messages.iter().map(outcome_of).collect();
+    let batch: Vec<Processed<'_>> = messages
+        .iter()
+        .zip(&outcomes)
+        .map(|(message, outcome)| Processed { message, outcome })
+        .collect();
+    sink.write_batch(&batch, digest, &keyring()).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redelivered_message_adds_no_second_row_or_dead_letter() {
     let url = fresh_database().await;
+    let queue = fresh_queue().await;
     let mut sink = PgSink::connect(&Database::new(&url, None).unwrap())
         .await
         .unwrap();
     sink.ensure_schema().await.unwrap();
     // Creating the schema twice is harmless.
     sink.ensure_schema().await.unwrap();
-    let ring = keyring();
 
-    let messages = [message("m1"), message("m2"), message("m3")];
-    let outcomes = [
-        row("u1"),
-        row("u2"),
-        Outcome::Rejected(Rejection::new("wrong_schema", "no login fields")),
-    ];
-    let batch: Vec<Processed<'_>> = messages
-        .iter()
-        .zip(&outcomes)
-        .map(|(message, outcome)| Processed { message, outcome })
-        .collect();
-
-    let first = sink.write_batch(&batch, "digest-a", &ring).await.unwrap();
+    queue
+        .send(&[body("m1"), body("m2"), body("m3")])
+        .await
+        .unwrap();
+    let first_delivery = receive_exactly(&queue, 3).await;
+    let first = write(&mut sink, &first_delivery, "digest-a").await;
     assert_eq!(first.rows, 2);
     assert_eq!(first.dead_letter_reasons, vec!["wrong_schema".to_owned()]);
     assert_eq!(first.duplicates, 0);
 
-    // SQS redelivers the same message ids (with new receipt handles).
-    let again = sink.write_batch(&batch, "digest-a", &ring).await.unwrap();
+    // SQS redelivers the same message ids with new receipt handles (as
+    // when the first consumer died before deleting them).
+    make_visible_again(&queue, &first_delivery).await;
+    let redelivery = receive_exactly(&queue, 3).await;
+    for (before, again) in first_delivery.iter().zip(&redelivery) {
+        assert_eq!(again.id, before.id);
+        assert_ne!(again.receipt_handle, before.receipt_handle);
+    }
+    let again = write(&mut sink, &redelivery, "digest-a").await;
     assert_eq!(again.rows, 0);
     assert!(again.dead_letter_reasons.is_empty());
     assert_eq!(again.duplicates, 3);
 
-    // A batch mixing old and new ids writes only the new one.
-    let mixed_messages = [message("m2"), message("m4")];
-    let mixed_outcomes = [row("u2"), row("u4")];
-    let mixed: Vec<Processed<'_>> = mixed_messages
+    // A batch mixing an old id (m2, delivered a third time) and a new one
+    // (m4) writes only the new one.
+    let m2 = redelivery
         .iter()
-        .zip(&mixed_outcomes)
-        .map(|(message, outcome)| Processed { message, outcome })
-        .collect();
-    let report = sink.write_batch(&mixed, "digest-b", &ring).await.unwrap();
+        .find(|m| m.body == body("m2"))
+        .unwrap()
+        .clone();
+    make_visible_again(&queue, std::slice::from_ref(&m2)).await;
+    queue.send(&[body("m4")]).await.unwrap();
+    let mixed = receive_exactly(&queue, 2).await;
+    assert_eq!(mixed[0].id, m2.id);
+    let report = write(&mut sink, &mixed, "digest-b").await;
     assert_eq!((report.rows, report.duplicates), (1, 1));
 
     let db = query_client(&url).await;
@@ -84,8 +134,8 @@ async fn a_redelivered_message_adds_no_second_row_or_dead_letter() {
     );
     let digest: String = db
         .query_one(
-            "SELECT component_digest FROM maskpipe_processed WHERE message_id = 'm4'",
-            &[],
+            "SELECT component_digest FROM maskpipe_processed WHERE message_id = $1",
+            &[&mixed[1].id],
         )
         .await
         .unwrap()

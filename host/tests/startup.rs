@@ -176,3 +176,24 @@ async fn a_missing_component_is_a_clear_startup_error() {
         "{line}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_component_storing_the_raw_ip_is_a_clear_startup_error() {
+    // No vectors beside the fixture: the built-in canary refuses it before
+    // any queue or database is touched.
+    let leaky = fixture_path("fixture_leaky");
+    assert!(!maskpipe::swap::vectors_path(&leaky).exists());
+    let mut command = maskpipe();
+    command
+        .args(["run", "--queue", "q", "--database-url", "postgres://x"])
+        .arg("--transform")
+        .arg(&leaky);
+    let line = run_expecting_failure(command).await;
+    assert!(
+        line.contains("failed validation")
+            && line.contains("stores the message's raw `ip` unprotected in `masked_ip`"),
+        "{line}"
+    );
+    // The error names the field, never a value from the canary set.
+    assert!(!line.contains("199.172.111.135"), "{line}");
+}

@@ -48,6 +48,25 @@ pub fn component_path() -> PathBuf {
     path
 }
 
+/// A fixture component from `host/tests/fixtures/`, as `just build-fixtures`
+/// builds it (`name` as cargo names the file: `fixture_leaky`).
+pub fn fixture_path(name: &str) -> PathBuf {
+    let path = repo_root().join(format!("target/wasm32-wasip2/release/{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `just build-fixtures` (`just test` does)",
+        path.display()
+    );
+    path
+}
+
+/// A fresh empty directory under the system's temp dir.
+pub fn temp_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique_name(prefix));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 fn require_stack() {
     assert!(
         std::env::var_os("AWS_ENDPOINT_URL").is_some(),

@@ -72,14 +72,19 @@ pub struct Processed<'a> {
 /// ids in the ledger and insert rows and dead letters only for the ids just
 /// claimed. A single statement is its own transaction, so it is all or
 /// nothing. `$1..$13` are the batch as parallel arrays, one entry per message.
+///
+/// A batch may hold one message id twice (SQS redelivers while the first copy
+/// is still in the batch): the first occurrence wins, deterministically
+/// (`WITH ORDINALITY` + `ORDER BY`), and the second counts as a duplicate.
 const WRITE_BATCH: &str = "
 WITH input AS (
     SELECT DISTINCT ON (message_id) *
     FROM UNNEST($1::text[], $2::text[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[],
                 $7::varchar[], $8::integer[], $9::date[], $10::text[], $11::text[], $12::text[],
-                $13::timestamptz[])
+                $13::timestamptz[]) WITH ORDINALITY
          AS i(message_id, outcome, user_id, device_type, masked_ip, masked_device_id,
-              locale, app_version, create_date, reason, detail, body_sealed, sent_at)
+              locale, app_version, create_date, reason, detail, body_sealed, sent_at, position)
+    ORDER BY message_id, position
 ),
 claimed AS (
     INSERT INTO maskpipe_processed (message_id, outcome, component_digest)

@@ -137,3 +137,68 @@ async fn user_logins_keeps_the_exact_take_home_ddl() {
         "user_logins must have no primary key or other constraint"
     );
 }
+
+fn dead_letter() -> Outcome {
+    Outcome::Rejected(Rejection::new("wrong_schema", "no login fields"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_id_twice_in_one_batch_takes_its_first_outcome() {
+    let url = fresh_database().await;
+    let mut sink = PgSink::connect(&Database::new(&url, None).unwrap())
+        .await
+        .unwrap();
+    sink.ensure_schema().await.unwrap();
+    let ring = keyring();
+    let db = query_client(&url).await;
+    for round in 0..8 {
+        for row_first in [true, false] {
+            let id = format!("twice-{round}-{row_first}");
+            // Other messages around the pair, so that the pair is not the
+            // whole input of the statement's sort.
+            let messages = [
+                message(&format!("before-{round}-{row_first}")),
+                message(&id),
+                message(&format!("between-{round}-{row_first}")),
+                message(&id),
+            ];
+            let (first, second) = if row_first {
+                (row(&id), dead_letter())
+            } else {
+                (dead_letter(), row(&id))
+            };
+            let outcomes = [row("other"), first, dead_letter(), second];
+            let batch: Vec<Processed<'_>> = messages
+                .iter()
+                .zip(&outcomes)
+                .map(|(message, outcome)| Processed { message, outcome })
+                .collect();
+            let report = sink.write_batch(&batch, "digest", &ring).await.unwrap();
+            assert_eq!(
+                report.duplicates, 1,
+                "round {round}: the second copy is a duplicate"
+            );
+            let (rows, dead_letters) = if row_first { (2, 1) } else { (1, 2) };
+            assert_eq!(report.rows, rows, "round {round}, row first: {row_first}");
+            assert_eq!(report.dead_letter_reasons.len(), dead_letters);
+            let outcome: String = db
+                .query_one(
+                    "SELECT outcome FROM maskpipe_processed WHERE message_id = $1",
+                    &[&id],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(outcome, if row_first { "row" } else { "dead_letter" });
+            let written = count(
+                &db,
+                &format!(
+                    "SELECT (SELECT count(*) FROM user_logins WHERE user_id = '{id}')
+                          + (SELECT count(*) FROM maskpipe_dead_letters WHERE message_id = '{id}')"
+                ),
+            )
+            .await;
+            assert_eq!(written, 1, "exactly one outcome for {id}");
+        }
+    }
+}

@@ -83,6 +83,14 @@ pub struct RunArgs {
     #[arg(long, env = "MASKPIPE_DATABASE_CA", value_name = "PEM")]
     pub database_ca: Option<PathBuf>,
 
+    /// Seconds one statement may run (PostgreSQL's `statement_timeout`);
+    /// any wait on the database, connecting included, is abandoned a little
+    /// after it and the connection replaced, so a half-open connection
+    /// cannot hang a poller or a shutdown.
+    #[arg(long, env = "MASKPIPE_DATABASE_TIMEOUT_SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub database_timeout_seconds: u32,
+
     /// The transform component (.wasm).
     #[arg(long, env = "MASKPIPE_TRANSFORM", value_name = "PATH")]
     pub transform: PathBuf,
@@ -171,7 +179,8 @@ impl RunArgs {
             pollers: self.pollers.into(),
             batch_size: self.batch_size.into(),
             wait_seconds: self.wait_seconds.into(),
-            database: Database::new(&self.database_url, self.database_ca.as_deref())?,
+            database: Database::new(&self.database_url, self.database_ca.as_deref())?
+                .with_timeout(Duration::from_secs(self.database_timeout_seconds.into())),
             drain: self.drain,
             progress_every: (self.progress_seconds > 0)
                 .then(|| Duration::from_secs(self.progress_seconds)),
@@ -219,6 +228,10 @@ mod tests {
         assert_eq!(run.wait_seconds, 20);
         assert_eq!(run.limits().memory_bytes, 64 << 20);
         assert!(!run.drain);
+        assert_eq!(
+            run.settings().unwrap().database.timeout(),
+            Duration::from_secs(30)
+        );
     }
 
     #[test]
@@ -227,6 +240,7 @@ mod tests {
         assert!(parse(&["--batch-size", "0"]).is_err());
         assert!(parse(&["--wait-seconds", "21"]).is_err());
         assert!(parse(&["--pollers", "0"]).is_err());
+        assert!(parse(&["--database-timeout-seconds", "0"]).is_err());
     }
 
     #[test]

@@ -10,7 +10,11 @@
 //! `user_logins` is created with the take-home's exact DDL when missing and is
 //! never altered; the side tables are maskpipe's own.
 
-use anyhow::{Context, Result};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
 use chrono::{DateTime, NaiveDate, Utc};
 use tokio_postgres::{Client, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -51,7 +55,6 @@ CREATE INDEX IF NOT EXISTS maskpipe_dead_letters_reason ON maskpipe_dead_letters
 /// Several hosts may start at once against a new database: `CREATE TABLE IF
 /// NOT EXISTS` is not race-free, so schema creation holds this advisory lock.
 const SCHEMA_LOCK: i64 = 0x6d61_736b_7069_7065; // "maskpipe"
-
 /// What one batch write did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WriteReport {
@@ -113,13 +116,26 @@ SELECT (SELECT count(*) FROM claimed),
        (SELECT coalesce(array_agg(reason), '{}') FROM new_dead_letters)
 ";
 
-/// The target database: where it is and how its connections are secured
-/// (see [`crate::tls`]).
+/// The target database: where it is, how its connections are secured (see
+/// [`crate::tls`]) and how long any one wait on it may take.
 #[derive(Clone)]
 pub struct Database {
     url: String,
     tls: MakeRustlsConnect,
+    timeout: Duration,
 }
+
+/// The default bound of one statement (and of the connect handshake).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// TCP connect timeout when the URL sets none (and the bound is longer).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A peer that answers no keepalive probe for idle + interval x retries
+/// (about 25 s) is dead; the kernel then fails the socket.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_RETRIES: u32 = 3;
+/// tokio-postgres's own default idle time, which means "the URL set none".
+const LIBRARY_KEEPALIVE_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
 
 impl Database {
     /// `ca_file`: the CA the server's certificate must chain to, if any.
@@ -127,12 +143,56 @@ impl Database {
         Ok(Self {
             url: url.to_owned(),
             tls: crate::tls::connector(ca_file)?,
+            timeout: DEFAULT_TIMEOUT,
         })
+    }
+
+    /// Bounds every statement to `timeout` (server side, `statement_timeout`)
+    /// and every wait on the server to a little more (client side), so a
+    /// half-open connection fails instead of hanging.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// How long the client waits for an answer: the server's own
+    /// `statement_timeout` should fire first and leave the connection usable;
+    /// this catches a server (or network) that no longer answers at all.
+    fn deadline(&self) -> Duration {
+        self.timeout + self.timeout.min(Duration::from_secs(5))
     }
 
     /// The connection string with its password hidden, for logs and errors.
     pub fn redacted(&self) -> String {
         redact_url(&self.url)
+    }
+
+    /// The URL's settings plus maskpipe's bounds where the URL sets none.
+    fn config(&self) -> Result<tokio_postgres::Config> {
+        let mut config = tokio_postgres::Config::from_str(&self.url)
+            .with_context(|| format!("invalid PostgreSQL URL {}", self.redacted()))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT.min(self.timeout));
+        }
+        if config.get_keepalives() && config.get_keepalives_idle() == LIBRARY_KEEPALIVE_IDLE {
+            config.keepalives_idle(KEEPALIVE_IDLE);
+        }
+        if config.get_keepalives_interval().is_none() {
+            config.keepalives_interval(KEEPALIVE_INTERVAL);
+        }
+        if config.get_keepalives_retries().is_none() {
+            config.keepalives_retries(KEEPALIVE_RETRIES);
+        }
+        // Unacknowledged writes fail the socket after this long (Linux only;
+        // keepalives cover an idle connection, this a busy one).
+        if cfg!(target_os = "linux") && config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(self.deadline());
+        }
+        Ok(config)
     }
 }
 
@@ -147,28 +207,81 @@ pub struct PgSink {
     client: Client,
     /// Prepared on first use, once per connection.
     write_batch: Option<Statement>,
+    /// The client-side bound of one round trip (see [`Database::with_timeout`]).
+    deadline: Duration,
+    /// Set when a wait timed out: the connection cannot be trusted again.
+    broken: AtomicBool,
 }
 
 impl PgSink {
     /// Connects; the connection runs on its own task until the client drops.
+    /// Bounded: a server that accepts but never answers is an error after
+    /// [`Database::with_timeout`]'s bound plus a margin, not a hang.
     pub async fn connect(database: &Database) -> Result<Self> {
-        let (client, connection) = tokio_postgres::connect(&database.url, database.tls.clone())
+        let context = || format!("cannot connect to PostgreSQL at {}", database.redacted());
+        let config = database.config()?;
+        let connecting = async {
+            let (client, connection) = config.connect(database.tls.clone()).await?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::warn!("PostgreSQL connection closed: {error}");
+                }
+            });
+            // Server side: a statement past the bound is cancelled and the
+            // connection stays usable.
+            client
+                .batch_execute(&format!(
+                    "SET statement_timeout = {}",
+                    database.timeout.as_millis()
+                ))
+                .await?;
+            Ok::<_, tokio_postgres::Error>(client)
+        };
+        let client = tokio::time::timeout(database.deadline(), connecting)
             .await
-            .with_context(|| format!("cannot connect to PostgreSQL at {}", database.redacted()))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::warn!("PostgreSQL connection closed: {error}");
-            }
-        });
+            .map_err(|_| anyhow!("PostgreSQL did not answer in {:?}", database.deadline()))
+            .with_context(context)?
+            .with_context(context)?;
         Ok(Self {
             client,
             write_batch: None,
+            deadline: database.deadline(),
+            broken: AtomicBool::new(false),
         })
+    }
+
+    /// Runs `work` (a call on this connection) within the client-side
+    /// deadline; see [`PgSink::settle`].
+    pub(crate) async fn bounded<T, E: Into<anyhow::Error>>(
+        &self,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T> {
+        let outcome = tokio::time::timeout(self.deadline, work).await;
+        self.settle(outcome)
+    }
+
+    /// The result of a wait bounded by the deadline. On timeout the
+    /// connection is marked broken (a half-open connection never recovers),
+    /// so the caller's `is_closed` makes it connect afresh.
+    fn settle<T, E: Into<anyhow::Error>>(
+        &self,
+        outcome: Result<Result<T, E>, tokio::time::error::Elapsed>,
+    ) -> Result<T> {
+        match outcome {
+            Ok(result) => result.map_err(Into::into),
+            Err(_) => {
+                self.broken.store(true, Ordering::Relaxed);
+                Err(anyhow!(
+                    "PostgreSQL did not answer in {:?}; dropping the connection",
+                    self.deadline
+                ))
+            }
+        }
     }
 
     /// Whether the connection has died (the pipeline then reconnects).
     pub fn is_closed(&self) -> bool {
-        self.client.is_closed()
+        self.broken.load(Ordering::Relaxed) || self.client.is_closed()
     }
 
     /// A round trip to the server (readiness checks).
@@ -179,6 +292,11 @@ impl PgSink {
 
     /// Creates the tables that are missing; never alters an existing one.
     pub async fn ensure_schema(&mut self) -> Result<()> {
+        let outcome = tokio::time::timeout(self.deadline, self.ensure_schema_unbounded()).await;
+        self.settle(outcome)
+    }
+
+    async fn ensure_schema_unbounded(&mut self) -> Result<()> {
         let tx = self.client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
             .await?;
@@ -189,8 +307,24 @@ impl PgSink {
         Ok(())
     }
 
-    /// Writes one batch atomically (see the module docs).
+    /// Writes one batch atomically (see the module docs), within the
+    /// deadline: after a timeout the outcome is unknown, and the ledger makes
+    /// the caller's retry (on a new connection) exact either way.
     pub async fn write_batch(
+        &mut self,
+        batch: &[Processed<'_>],
+        component_digest: &str,
+        keyring: &Keyring,
+    ) -> Result<WriteReport> {
+        let outcome = tokio::time::timeout(
+            self.deadline,
+            self.write_batch_unbounded(batch, component_digest, keyring),
+        )
+        .await;
+        self.settle(outcome)
+    }
+
+    async fn write_batch_unbounded(
         &mut self,
         batch: &[Processed<'_>],
         component_digest: &str,

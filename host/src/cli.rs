@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::author;
 use crate::config::{KeyArgs, RunArgs};
+use crate::ledger;
 use crate::masking::MasterKey;
 use crate::ops;
 use crate::pipeline::{Pipeline, Summary};
@@ -172,6 +173,17 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         args.transform.display()
     );
     let source = SqsSource::connect(&args.queue).await?;
+    let retention = args.ledger_retention();
+    match source.redelivery_window().await {
+        Ok(window) => {
+            if let Some(warning) = ledger::retention_warning(retention, window) {
+                tracing::warn!("{warning}");
+            }
+        }
+        Err(error) => {
+            tracing::warn!("cannot check the ledger retention against the queue's: {error:#}")
+        }
+    }
     tracing::info!(
         queue = source.queue_url(),
         database = %settings.database.redacted(),
@@ -199,6 +211,11 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         tracing::info!("serving /metrics, /healthz and /readyz on http://{bound}");
     }
     tokio::spawn(ops::sample_queue_depth(source.clone()));
+    let pruning = tokio::spawn(ledger::prune_periodically(
+        settings.database.clone(),
+        retention,
+        std::time::Duration::from_secs(args.ledger_prune_seconds),
+    ));
     let swaps = Arc::new(SwapStats::default());
     let reloader = Reloader::new(
         engine,
@@ -212,6 +229,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let pipeline = Pipeline::new(source.clone(), published, keyring, settings);
     let summary = pipeline.run(shutdown).await?;
     reloading.abort();
+    pruning.abort();
 
     let depth = source.depth().await.ok();
     print_summary(

@@ -15,6 +15,7 @@
 //! * [`record`]: rows and rejections, and the `user_logins` column limits.
 //! * [`sink`]: one transaction per batch: ledger, rows, dead letters;
 //!   [`tls`]: how its connections are secured.
+//! * [`ledger`]: how long the ledger remembers a message id (pruning).
 //! * [`pipeline`]: the pollers that drive a batch through all of the above.
 //! * [`swap`]: which component runs: validation, file watching, hot swap.
 //! * [`ops`]: Prometheus metrics, `/healthz` and `/readyz`.
@@ -24,6 +25,7 @@
 pub mod author;
 pub mod cli;
 pub mod config;
+pub mod ledger;
 pub mod masking;
 pub mod ops;
 pub mod pipeline;

@@ -34,6 +34,7 @@ pub const COMMIT_SECONDS: &str = "maskpipe_batch_commit_seconds";
 pub const QUEUE_MESSAGES: &str = "maskpipe_queue_messages";
 pub const TRANSFORM_INFO: &str = "maskpipe_transform_info";
 pub const SWAPS: &str = "maskpipe_transform_swaps_total";
+pub const LEDGER_PRUNED: &str = "maskpipe_ledger_pruned_total";
 
 /// Seconds, from 100 µs to 10 s: a batch's transform and commit times.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -81,6 +82,10 @@ pub fn install_recorder() -> Result<PrometheusHandle> {
         "1 for the running transform component, by sha256 digest"
     );
     metrics::describe_counter!(SWAPS, "Transform hot swaps, by result");
+    metrics::describe_counter!(
+        LEDGER_PRUNED,
+        "Ledger rows deleted because they outlived the retention"
+    );
     Ok(handle)
 }
 

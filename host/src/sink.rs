@@ -50,11 +50,36 @@ CREATE TABLE IF NOT EXISTS maskpipe_dead_letters (
     dead_lettered_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS maskpipe_dead_letters_reason ON maskpipe_dead_letters (reason);
+-- The pruner deletes the oldest ledger rows; without this it would scan the
+-- whole ledger every time.
+CREATE INDEX IF NOT EXISTS maskpipe_processed_processed_at ON maskpipe_processed (processed_at);
 ";
 
 /// Several hosts may start at once against a new database: `CREATE TABLE IF
 /// NOT EXISTS` is not race-free, so schema creation holds this advisory lock.
 const SCHEMA_LOCK: i64 = 0x6d61_736b_7069_7065; // "maskpipe"
+/// Held by the one host pruning the ledger, so replicas do not all prune.
+const PRUNE_LOCK: i64 = SCHEMA_LOCK + 1;
+
+/// One prune step: at most `$2` ledger rows older than `$1`, by physical
+/// address (a TID scan: no second index lookup), in its own short transaction.
+const PRUNE_BATCH: &str = "
+DELETE FROM maskpipe_processed
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM maskpipe_processed WHERE processed_at < $1 LIMIT $2
+))";
+
+/// What one ledger prune did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Ledger rows deleted.
+    pub rows: u64,
+    /// DELETE statements run (each its own transaction).
+    pub batches: u32,
+    /// Another host held the prune lock, so this one did nothing.
+    pub skipped: bool,
+}
+
 /// What one batch write did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WriteReport {
@@ -373,6 +398,68 @@ impl PgSink {
             dead_letter_reasons,
             duplicates: batch.len() - claimed as usize,
         })
+    }
+}
+
+impl PgSink {
+    /// Deletes ledger rows older than `retention`, `batch_size` at a time,
+    /// unless another host is pruning. Nothing younger than `retention`
+    /// (by the server's clock) is touched.
+    pub async fn prune_ledger(
+        &mut self,
+        retention: Duration,
+        batch_size: i64,
+    ) -> Result<PruneReport> {
+        let locked: bool = self
+            .bounded(
+                self.client
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&PRUNE_LOCK]),
+            )
+            .await?
+            .get(0);
+        if !locked {
+            return Ok(PruneReport {
+                skipped: true,
+                ..PruneReport::default()
+            });
+        }
+        let pruned = self.prune_locked(retention, batch_size.max(1)).await;
+        // A failed unlock on a live connection would keep every host from
+        // pruning; on a dead one the server releases the lock itself.
+        let unlocked = self
+            .bounded(
+                self.client
+                    .execute("SELECT pg_advisory_unlock($1)", &[&PRUNE_LOCK]),
+            )
+            .await;
+        if unlocked.is_err() {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+        pruned
+    }
+
+    async fn prune_locked(&self, retention: Duration, batch_size: i64) -> Result<PruneReport> {
+        // One cutoff for the whole prune, from the server's clock (the one
+        // that wrote processed_at).
+        let cutoff: DateTime<Utc> = self
+            .bounded(self.client.query_one(
+                "SELECT now() - make_interval(secs => $1)",
+                &[&retention.as_secs_f64()],
+            ))
+            .await?
+            .get(0);
+        let mut report = PruneReport::default();
+        loop {
+            let deleted = self
+                .bounded(self.client.execute(PRUNE_BATCH, &[&cutoff, &batch_size]))
+                .await
+                .context("cannot prune the ledger")?;
+            report.rows += deleted;
+            report.batches += 1;
+            if deleted < batch_size as u64 {
+                return Ok(report);
+            }
+        }
     }
 }
 

@@ -292,6 +292,33 @@ impl SqsSource {
             .context("SQS did not report the queue's VisibilityTimeout")
     }
 
+    /// How long after it was sent SQS may still deliver a message: the
+    /// queue's retention period plus its visibility timeout (a message
+    /// received just before it expires comes back once more after that).
+    pub async fn redelivery_window(&self) -> Result<Duration> {
+        let output = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::MessageRetentionPeriod)
+            .attribute_names(QueueAttributeName::VisibilityTimeout)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
+            .context("SQS GetQueueAttributes failed")?;
+        let attributes = output.attributes.unwrap_or_default();
+        let seconds = |name: QueueAttributeName| -> Result<u64> {
+            attributes
+                .get(&name)
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("SQS did not report the queue's {}", name.as_str()))
+        };
+        Ok(Duration::from_secs(
+            seconds(QueueAttributeName::MessageRetentionPeriod)?
+                + seconds(QueueAttributeName::VisibilityTimeout)?,
+        ))
+    }
+
     /// Approximate visible and in-flight message counts.
     pub async fn depth(&self) -> Result<QueueDepth> {
         let output = self

@@ -202,3 +202,92 @@ async fn a_message_id_twice_in_one_batch_takes_its_first_outcome() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pruning_deletes_only_ledger_rows_older_than_the_retention_in_batches() {
+    let url = fresh_database().await;
+    let mut sink = PgSink::connect(&Database::new(&url, None).unwrap())
+        .await
+        .unwrap();
+    sink.ensure_schema().await.unwrap();
+    let db = query_client(&url).await;
+    let insert = |prefix: &str, count: i32, age: &str| {
+        format!(
+            "INSERT INTO maskpipe_processed (message_id, outcome, component_digest, processed_at)
+             SELECT '{prefix}-' || n, 'row', 'd', now() - interval '{age}' FROM generate_series(1, {count}) n"
+        )
+    };
+    // Retention 10 days: 23 rows older, the rest younger, some by a minute only.
+    db.batch_execute(&insert("ancient", 3, "400 days"))
+        .await
+        .unwrap();
+    db.batch_execute(&insert("old", 20, "10 days 1 minute"))
+        .await
+        .unwrap();
+    db.batch_execute(&insert("edge", 5, "9 days 23 hours 59 minutes"))
+        .await
+        .unwrap();
+    db.batch_execute(&insert("recent", 7, "1 day"))
+        .await
+        .unwrap();
+    db.batch_execute(&insert("now", 4, "0 seconds"))
+        .await
+        .unwrap();
+    let retention = std::time::Duration::from_secs(10 * 24 * 3600);
+
+    let report = sink.prune_ledger(retention, 5).await.unwrap();
+    assert_eq!(report.rows, 23);
+    assert_eq!(report.batches, 5, "5 + 5 + 5 + 5 + 3");
+    assert!(!report.skipped);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM maskpipe_processed WHERE message_id ~ '^(ancient|old)-'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM maskpipe_processed").await,
+        16
+    );
+
+    // Nothing left to prune: one empty batch.
+    let again = sink.prune_ledger(retention, 5).await.unwrap();
+    assert_eq!((again.rows, again.batches), (0, 1));
+
+    // While another host prunes (holds the lock), this one does nothing.
+    db.batch_execute(&insert("later", 3, "11 days"))
+        .await
+        .unwrap();
+    db.execute(
+        "SELECT pg_advisory_lock($1)",
+        &[&(0x6d61_736b_7069_7065_i64 + 1)],
+    )
+    .await
+    .unwrap();
+    let skipped = sink.prune_ledger(retention, 5).await.unwrap();
+    assert!(skipped.skipped);
+    assert_eq!(skipped.rows, 0);
+    db.execute(
+        "SELECT pg_advisory_unlock($1)",
+        &[&(0x6d61_736b_7069_7065_i64 + 1)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(sink.prune_ledger(retention, 5).await.unwrap().rows, 3);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM maskpipe_processed").await,
+        16
+    );
+
+    // The pruner's index exists.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'maskpipe_processed_processed_at'"
+        )
+        .await,
+        1
+    );
+}

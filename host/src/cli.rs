@@ -1,4 +1,5 @@
-//! The commands: `run`, `reveal`, `keygen`, `transform test|inspect` and `queue load`.
+//! The commands: `run`, `reveal`, `keygen`, `transform test|inspect`,
+//! `queue load` and `dead-letters list|replay` (see [`crate::dead_letters`]).
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::author;
 use crate::config::{KeyArgs, RunArgs};
+use crate::dead_letters::{self, DeadLettersCommand};
 use crate::ledger;
 use crate::masking::MasterKey;
 use crate::ops;
@@ -56,6 +58,9 @@ pub enum Command {
     /// Queue utilities for local stacks and tests.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Inspect maskpipe's dead letters and send them back to the queue.
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -155,6 +160,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             file,
             if_created,
         }) => load_queue(&queue, &file, if_created).await,
+        Command::DeadLetters(command) => dead_letters::dispatch(command).await,
     }
 }
 

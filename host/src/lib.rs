@@ -16,6 +16,7 @@
 //! * [`sink`]: one transaction per batch: ledger, rows, dead letters;
 //!   [`tls`]: how its connections are secured.
 //! * [`ledger`]: how long the ledger remembers a message id (pruning).
+//! * [`dead_letters`]: listing dead letters and replaying them to the queue.
 //! * [`pipeline`]: the pollers that drive a batch through all of the above.
 //! * [`swap`]: which component runs: validation, file watching, hot swap.
 //! * [`ops`]: Prometheus metrics, `/healthz` and `/readyz`.
@@ -25,6 +26,7 @@
 pub mod author;
 pub mod cli;
 pub mod config;
+pub mod dead_letters;
 pub mod ledger;
 pub mod masking;
 pub mod ops;

@@ -304,6 +304,12 @@ impl PgSink {
         }
     }
 
+    /// The connection, for maskpipe's own tools (wrap its calls in
+    /// [`PgSink::bounded`]).
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Whether the connection has died (the pipeline then reconnects).
     pub fn is_closed(&self) -> bool {
         self.broken.load(Ordering::Relaxed) || self.client.is_closed()

@@ -291,3 +291,62 @@ async fn pruning_deletes_only_ledger_rows_older_than_the_retention_in_batches() 
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn maskpipe_run_prunes_the_ledger_in_the_background_and_warns_of_a_short_retention() {
+    let database = fresh_database().await;
+    let queue = fresh_queue().await;
+    let mut sink = PgSink::connect(&Database::new(&database, None).unwrap())
+        .await
+        .unwrap();
+    sink.ensure_schema().await.unwrap();
+    let db = query_client(&database).await;
+    db.batch_execute(
+        "INSERT INTO maskpipe_processed (message_id, outcome, component_digest, processed_at)
+         SELECT 'old-' || n, 'row', 'd', now() - interval '2 hours' FROM generate_series(1, 7000) n;
+         INSERT INTO maskpipe_processed (message_id, outcome, component_digest, processed_at)
+         SELECT 'young-' || n, 'row', 'd', now() - interval '50 minutes' FROM generate_series(1, 5) n",
+    )
+    .await
+    .unwrap();
+
+    let log_path = std::env::temp_dir().join(unique_name("maskpipe-prune.log"));
+    let mut host = maskpipe()
+        .args(["run", "--wait-seconds", "1", "--progress-seconds", "0"])
+        .args([
+            "--ledger-retention-hours",
+            "1",
+            "--ledger-prune-seconds",
+            "1",
+        ])
+        .args(["--queue", queue.queue_url(), "--database-url", &database])
+        .arg("--transform")
+        .arg(component_path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the old ledger rows pruned",
+        std::time::Duration::from_secs(60),
+        async || try_count(&database, "SELECT count(*) FROM maskpipe_processed").await == 5,
+    )
+    .await;
+    host.start_kill().unwrap();
+    let _ = host.wait().await;
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&log_path);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM maskpipe_processed WHERE message_id LIKE 'young-%'"
+        )
+        .await,
+        5
+    );
+    // The queue keeps messages 4 days by default: 1 h is too short.
+    assert!(
+        log.contains("ledger retention (1 h) is shorter than the queue's"),
+        "{log}"
+    );
+}

@@ -58,6 +58,9 @@ CREATE INDEX IF NOT EXISTS maskpipe_processed_processed_at ON maskpipe_processed
 /// Several hosts may start at once against a new database: `CREATE TABLE IF
 /// NOT EXISTS` is not race-free, so schema creation holds this advisory lock.
 const SCHEMA_LOCK: i64 = 0x6d61_736b_7069_7065; // "maskpipe"
+/// How long schema creation may take: on an existing ledger of hundreds of
+/// millions of rows, building its `processed_at` index takes minutes.
+const SCHEMA_DEADLINE: Duration = Duration::from_secs(60 * 60);
 /// Held by the one host pruning the ledger, so replicas do not all prune.
 const PRUNE_LOCK: i64 = SCHEMA_LOCK + 1;
 
@@ -282,7 +285,7 @@ impl PgSink {
         work: impl Future<Output = Result<T, E>>,
     ) -> Result<T> {
         let outcome = tokio::time::timeout(self.deadline, work).await;
-        self.settle(outcome)
+        self.settle(self.deadline, outcome)
     }
 
     /// The result of a wait bounded by the deadline. On timeout the
@@ -290,6 +293,7 @@ impl PgSink {
     /// so the caller's `is_closed` makes it connect afresh.
     fn settle<T, E: Into<anyhow::Error>>(
         &self,
+        deadline: Duration,
         outcome: Result<Result<T, E>, tokio::time::error::Elapsed>,
     ) -> Result<T> {
         match outcome {
@@ -297,8 +301,7 @@ impl PgSink {
             Err(_) => {
                 self.broken.store(true, Ordering::Relaxed);
                 Err(anyhow!(
-                    "PostgreSQL did not answer in {:?}; dropping the connection",
-                    self.deadline
+                    "PostgreSQL did not answer in {deadline:?}; dropping the connection"
                 ))
             }
         }
@@ -322,13 +325,17 @@ impl PgSink {
     }
 
     /// Creates the tables that are missing; never alters an existing one.
+    /// Bounded by [`SCHEMA_DEADLINE`], not the statement bound: the first
+    /// start after an upgrade may build an index over a large ledger.
     pub async fn ensure_schema(&mut self) -> Result<()> {
-        let outcome = tokio::time::timeout(self.deadline, self.ensure_schema_unbounded()).await;
-        self.settle(outcome)
+        let deadline = self.deadline.max(SCHEMA_DEADLINE);
+        let outcome = tokio::time::timeout(deadline, self.ensure_schema_unbounded()).await;
+        self.settle(deadline, outcome)
     }
 
     async fn ensure_schema_unbounded(&mut self) -> Result<()> {
         let tx = self.client.transaction().await?;
+        tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
             .await?;
         tx.batch_execute(SCHEMA)
@@ -352,7 +359,7 @@ impl PgSink {
             self.write_batch_unbounded(batch, component_digest, keyring),
         )
         .await;
-        self.settle(outcome)
+        self.settle(self.deadline, outcome)
     }
 
     async fn write_batch_unbounded(

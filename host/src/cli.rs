@@ -1,4 +1,5 @@
-//! The commands: `run`, `reveal`, `keygen`, `transform test|inspect` and `queue load`.
+//! The commands: `run`, `reveal`, `keygen`, `transform test|inspect`,
+//! `queue load` and `dead-letters list|replay` (see [`crate::dead_letters`]).
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -12,6 +13,8 @@ use tokio::sync::watch;
 
 use crate::author;
 use crate::config::{KeyArgs, RunArgs};
+use crate::dead_letters::{self, DeadLettersCommand};
+use crate::ledger;
 use crate::masking::{Bound, MasterKey, RevealError, required_context, token_key_id};
 use crate::ops;
 use crate::pipeline::{Pipeline, Summary};
@@ -55,6 +58,9 @@ pub enum Command {
     /// Queue utilities for local stacks and tests.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Inspect maskpipe's dead letters and send them back to the queue.
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -162,6 +168,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             file,
             if_created,
         }) => load_queue(&queue, &file, if_created).await,
+        Command::DeadLetters(command) => dead_letters::dispatch(command).await,
     }
 }
 
@@ -181,6 +188,17 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         args.transform.display()
     );
     let source = SqsSource::connect(&args.queue).await?;
+    let retention = args.ledger_retention();
+    match source.redelivery_window().await {
+        Ok(window) => {
+            if let Some(warning) = ledger::retention_warning(retention, window) {
+                tracing::warn!("{warning}");
+            }
+        }
+        Err(error) => {
+            tracing::warn!("cannot check the ledger retention against the queue's: {error:#}")
+        }
+    }
     tracing::info!(
         queue = source.queue_url(),
         database = %settings.database.redacted(),
@@ -208,6 +226,11 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         tracing::info!("serving /metrics, /healthz and /readyz on http://{bound}");
     }
     tokio::spawn(ops::sample_queue_depth(source.clone()));
+    let pruning = tokio::spawn(ledger::prune_periodically(
+        settings.database.clone(),
+        retention,
+        std::time::Duration::from_secs(args.ledger_prune_seconds),
+    ));
     let swaps = Arc::new(SwapStats::default());
     let reloader = Reloader::new(
         engine,
@@ -222,6 +245,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let pipeline = Pipeline::new(source.clone(), published, keyring, settings);
     let summary = pipeline.run(shutdown.clone()).await?;
     reloading.abort();
+    pruning.abort();
 
     let depth = source.depth().await.ok();
     let ending = if *shutdown.borrow() {

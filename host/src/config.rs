@@ -117,6 +117,26 @@ pub struct RunArgs {
     #[arg(long, env = "MASKPIPE_DATABASE_CA", value_name = "PEM")]
     pub database_ca: Option<PathBuf>,
 
+    /// Seconds one statement may run (PostgreSQL's `statement_timeout`);
+    /// any wait on the database, connecting included, is abandoned a little
+    /// after it and the connection replaced, so a half-open connection
+    /// cannot hang a poller or a shutdown.
+    #[arg(long, env = "MASKPIPE_DATABASE_TIMEOUT_SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub database_timeout_seconds: u32,
+
+    /// Hours the ledger remembers a message id. Must outlast the queue's
+    /// retention period plus its visibility timeout (SQS redelivers no later);
+    /// older ledger rows are pruned in the background.
+    #[arg(long, env = "MASKPIPE_LEDGER_RETENTION_HOURS", default_value_t = 360,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub ledger_retention_hours: u32,
+
+    /// Seconds between ledger prunes (tests shorten it).
+    #[arg(long, env = "MASKPIPE_LEDGER_PRUNE_SECONDS", default_value_t = 300, hide = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub ledger_prune_seconds: u64,
+
     /// The transform component (.wasm).
     #[arg(long, env = "MASKPIPE_TRANSFORM", value_name = "PATH")]
     pub transform: PathBuf,
@@ -214,6 +234,11 @@ impl RunArgs {
         }
     }
 
+    /// How long the ledger keeps a message id.
+    pub fn ledger_retention(&self) -> Duration {
+        Duration::from_secs(u64::from(self.ledger_retention_hours) * 3600)
+    }
+
     pub fn settings(&self) -> Result<Settings> {
         if self.database_url.expose().trim().is_empty() {
             bail!("MASKPIPE_DATABASE_URL is empty");
@@ -222,7 +247,8 @@ impl RunArgs {
             pollers: self.pollers.into(),
             batch_size: self.batch_size.into(),
             wait_seconds: self.wait_seconds.into(),
-            database: Database::new(self.database_url.expose(), self.database_ca.as_deref())?,
+            database: Database::new(self.database_url.expose(), self.database_ca.as_deref())?
+                .with_timeout(Duration::from_secs(self.database_timeout_seconds.into())),
             drain: self.drain,
             progress_every: (self.progress_seconds > 0)
                 .then(|| Duration::from_secs(self.progress_seconds)),
@@ -271,6 +297,11 @@ mod tests {
         assert_eq!(run.wait_seconds, 20);
         assert_eq!(run.limits().memory_bytes, 64 << 20);
         assert!(!run.drain);
+        assert_eq!(run.ledger_retention(), Duration::from_secs(15 * 24 * 3600));
+        assert_eq!(
+            run.settings().unwrap().database.timeout(),
+            Duration::from_secs(30)
+        );
     }
 
     #[test]
@@ -279,6 +310,8 @@ mod tests {
         assert!(parse(&["--batch-size", "0"]).is_err());
         assert!(parse(&["--wait-seconds", "21"]).is_err());
         assert!(parse(&["--pollers", "0"]).is_err());
+        assert!(parse(&["--ledger-retention-hours", "0"]).is_err());
+        assert!(parse(&["--database-timeout-seconds", "0"]).is_err());
     }
 
     #[test]

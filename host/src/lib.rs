@@ -16,6 +16,8 @@
 //! * [`sink`]: one transaction per batch: ledger, rows, dead letters;
 //!   [`tls`]: how its connections are secured; [`dberror`]: which failed
 //!   writes to retry and which to split down to the refused rows.
+//! * [`ledger`]: how long the ledger remembers a message id (pruning).
+//! * [`dead_letters`]: listing dead letters and replaying them to the queue.
 //! * [`pipeline`]: the supervised pollers that drive a batch through all of the above.
 //! * [`swap`]: which component runs: validation, file watching, hot swap.
 //! * [`ops`]: Prometheus metrics, `/healthz` and `/readyz`.
@@ -26,6 +28,8 @@ pub mod author;
 pub mod cli;
 pub mod config;
 pub mod dberror;
+pub mod dead_letters;
+pub mod ledger;
 pub mod masking;
 pub mod ops;
 pub mod pipeline;

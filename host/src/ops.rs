@@ -35,6 +35,7 @@ pub const QUEUE_MESSAGES: &str = "maskpipe_queue_messages";
 pub const TRANSFORM_INFO: &str = "maskpipe_transform_info";
 pub const SWAPS: &str = "maskpipe_transform_swaps_total";
 pub const POLLER_RESTARTS: &str = "maskpipe_poller_restarts_total";
+pub const LEDGER_PRUNED: &str = "maskpipe_ledger_pruned_total";
 
 /// Distinct `reason` label values kept: codes are declared by components
 /// (at most 64 each), but swaps can bring new ones for ever.
@@ -91,6 +92,10 @@ pub fn install_recorder() -> Result<PrometheusHandle> {
     metrics::describe_counter!(
         POLLER_RESTARTS,
         "Pollers that failed and were restarted by the supervisor"
+    );
+    metrics::describe_counter!(
+        LEDGER_PRUNED,
+        "Ledger rows deleted because they outlived the retention"
     );
     Ok(handle)
 }

@@ -11,8 +11,10 @@
 //! never altered; the side tables are maskpipe's own.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, NaiveDate, Utc};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Statement};
@@ -49,11 +51,38 @@ CREATE TABLE IF NOT EXISTS maskpipe_dead_letters (
     dead_lettered_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS maskpipe_dead_letters_reason ON maskpipe_dead_letters (reason);
+-- The pruner deletes the oldest ledger rows; without this it would scan the
+-- whole ledger every time.
+CREATE INDEX IF NOT EXISTS maskpipe_processed_processed_at ON maskpipe_processed (processed_at);
 ";
 
 /// Several hosts may start at once against a new database: `CREATE TABLE IF
 /// NOT EXISTS` is not race-free, so schema creation holds this advisory lock.
 const SCHEMA_LOCK: i64 = 0x6d61_736b_7069_7065; // "maskpipe"
+/// How long schema creation may take: on an existing ledger of hundreds of
+/// millions of rows, building its `processed_at` index takes minutes.
+const SCHEMA_DEADLINE: Duration = Duration::from_secs(60 * 60);
+/// Held by the one host pruning the ledger, so replicas do not all prune.
+const PRUNE_LOCK: i64 = SCHEMA_LOCK + 1;
+
+/// One prune step: at most `$2` ledger rows older than `$1`, by physical
+/// address (a TID scan: no second index lookup), in its own short transaction.
+const PRUNE_BATCH: &str = "
+DELETE FROM maskpipe_processed
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM maskpipe_processed WHERE processed_at < $1 LIMIT $2
+))";
+
+/// What one ledger prune did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Ledger rows deleted.
+    pub rows: u64,
+    /// DELETE statements run (each its own transaction).
+    pub batches: u32,
+    /// Another host held the prune lock, so this one did nothing.
+    pub skipped: bool,
+}
 
 /// What one batch write did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -75,14 +104,19 @@ pub struct Processed<'a> {
 /// ids in the ledger and insert rows and dead letters only for the ids just
 /// claimed. A single statement is its own transaction, so it is all or
 /// nothing. `$1..$13` are the batch as parallel arrays, one entry per message.
+///
+/// A batch may hold one message id twice (SQS redelivers while the first copy
+/// is still in the batch): the first occurrence wins, deterministically
+/// (`WITH ORDINALITY` + `ORDER BY`), and the second counts as a duplicate.
 const WRITE_BATCH: &str = "
 WITH input AS (
     SELECT DISTINCT ON (message_id) *
     FROM UNNEST($1::text[], $2::text[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[],
                 $7::varchar[], $8::integer[], $9::date[], $10::text[], $11::text[], $12::text[],
-                $13::timestamptz[])
+                $13::timestamptz[]) WITH ORDINALITY
          AS i(message_id, outcome, user_id, device_type, masked_ip, masked_device_id,
-              locale, app_version, create_date, reason, detail, body_sealed, sent_at)
+              locale, app_version, create_date, reason, detail, body_sealed, sent_at, position)
+    ORDER BY message_id, position
 ),
 claimed AS (
     INSERT INTO maskpipe_processed (message_id, outcome, component_digest)
@@ -111,15 +145,28 @@ SELECT (SELECT count(*) FROM claimed),
        (SELECT coalesce(array_agg(reason), '{}') FROM new_dead_letters)
 ";
 
-/// The target database: where it is and how its connections are secured
-/// (see [`crate::tls`]).
+/// The target database: where it is, how its connections are secured (see
+/// [`crate::tls`]) and how long any one wait on it may take.
 #[derive(Clone)]
 pub struct Database {
     config: tokio_postgres::Config,
     /// The connection string as logs and errors show it.
     redacted: String,
     tls: MakeRustlsConnect,
+    timeout: Duration,
 }
+
+/// The default bound of one statement (and of the connect handshake).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// TCP connect timeout when the URL sets none (and the bound is longer).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A peer that answers no keepalive probe for idle + interval x retries
+/// (about 25 s) is dead; the kernel then fails the socket.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_RETRIES: u32 = 3;
+/// tokio-postgres's own default idle time, which means "the URL set none".
+const LIBRARY_KEEPALIVE_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
 
 impl Database {
     /// `ca_file`: the CA the server's certificate must chain to, if any. A
@@ -151,7 +198,27 @@ impl Database {
             config,
             redacted,
             tls: crate::tls::connector(ca_file)?,
+            timeout: DEFAULT_TIMEOUT,
         })
+    }
+
+    /// Bounds every statement to `timeout` (server side, `statement_timeout`)
+    /// and every wait on the server to a little more (client side), so a
+    /// half-open connection fails instead of hanging.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// How long the client waits for an answer: the server's own
+    /// `statement_timeout` should fire first and leave the connection usable;
+    /// this catches a server (or network) that no longer answers at all.
+    fn deadline(&self) -> Duration {
+        self.timeout + self.timeout.min(Duration::from_secs(5))
     }
 
     /// The connection string with its password hidden, for logs and errors.
@@ -162,6 +229,29 @@ impl Database {
     /// Whether connections must use TLS.
     pub fn requires_tls(&self) -> bool {
         self.config.get_ssl_mode() == SslMode::Require
+    }
+
+    /// The URL's settings plus maskpipe's bounds where the URL sets none.
+    fn config(&self) -> tokio_postgres::Config {
+        let mut config = self.config.clone();
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT.min(self.timeout));
+        }
+        if config.get_keepalives() && config.get_keepalives_idle() == LIBRARY_KEEPALIVE_IDLE {
+            config.keepalives_idle(KEEPALIVE_IDLE);
+        }
+        if config.get_keepalives_interval().is_none() {
+            config.keepalives_interval(KEEPALIVE_INTERVAL);
+        }
+        if config.get_keepalives_retries().is_none() {
+            config.keepalives_retries(KEEPALIVE_RETRIES);
+        }
+        // Unacknowledged writes fail the socket after this long (Linux only;
+        // keepalives cover an idle connection, this a busy one).
+        if cfg!(target_os = "linux") && config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(self.deadline());
+        }
+        config
     }
 }
 
@@ -176,35 +266,96 @@ pub struct PgSink {
     client: Client,
     /// Prepared on first use, once per connection.
     write_batch: Option<Statement>,
+    /// The client-side bound of one round trip (see [`Database::with_timeout`]).
+    deadline: Duration,
+    /// Set when a wait timed out: the connection cannot be trusted again.
+    broken: AtomicBool,
 }
 
 impl PgSink {
     /// Connects; the connection runs on its own task until the client drops.
+    /// Bounded: a server that accepts but never answers is an error after
+    /// [`Database::with_timeout`]'s bound plus a margin, not a hang.
     pub async fn connect(database: &Database) -> Result<Self> {
-        let (client, connection) = match database.config.connect(database.tls.clone()).await {
-            Ok(connected) => connected,
+        let config = database.config();
+        let connecting = async {
+            let (client, connection) = config.connect(database.tls.clone()).await?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::warn!("PostgreSQL connection closed: {error}");
+                }
+            });
+            // Server side: a statement past the bound is cancelled and the
+            // connection stays usable.
+            client
+                .batch_execute(&format!(
+                    "SET statement_timeout = {}",
+                    database.timeout.as_millis()
+                ))
+                .await?;
+            Ok::<_, tokio_postgres::Error>(client)
+        };
+        let client = match tokio::time::timeout(database.deadline(), connecting).await {
+            Err(_) => bail!(
+                "cannot connect to PostgreSQL at {}: it did not answer in {:?}",
+                database.redacted,
+                database.deadline()
+            ),
+            Ok(Ok(client)) => client,
             // The driver's message is scrubbed of the password: its text is
             // not ours to vouch for, and the error reaches logs.
-            Err(error) => bail!(
+            Ok(Err(error)) => bail!(
                 "cannot connect to PostgreSQL at {}: {}",
                 database.redacted,
                 scrub(&error_chain(&error), database.config.get_password())
             ),
         };
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::warn!("PostgreSQL connection closed: {error}");
-            }
-        });
         Ok(Self {
             client,
             write_batch: None,
+            deadline: database.deadline(),
+            broken: AtomicBool::new(false),
         })
+    }
+
+    /// Runs `work` (a call on this connection) within the client-side
+    /// deadline; see [`PgSink::settle`].
+    pub(crate) async fn bounded<T, E: Into<anyhow::Error>>(
+        &self,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T> {
+        let outcome = tokio::time::timeout(self.deadline, work).await;
+        self.settle(self.deadline, outcome)
+    }
+
+    /// The result of a wait bounded by the deadline. On timeout the
+    /// connection is marked broken (a half-open connection never recovers),
+    /// so the caller's `is_closed` makes it connect afresh.
+    fn settle<T, E: Into<anyhow::Error>>(
+        &self,
+        deadline: Duration,
+        outcome: Result<Result<T, E>, tokio::time::error::Elapsed>,
+    ) -> Result<T> {
+        match outcome {
+            Ok(result) => result.map_err(Into::into),
+            Err(_) => {
+                self.broken.store(true, Ordering::Relaxed);
+                Err(anyhow!(
+                    "PostgreSQL did not answer in {deadline:?}; dropping the connection"
+                ))
+            }
+        }
+    }
+
+    /// The connection, for maskpipe's own tools (wrap its calls in
+    /// [`PgSink::bounded`]).
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Whether the connection has died (the pipeline then reconnects).
     pub fn is_closed(&self) -> bool {
-        self.client.is_closed()
+        self.broken.load(Ordering::Relaxed) || self.client.is_closed()
     }
 
     /// A round trip to the server (readiness checks).
@@ -214,8 +365,17 @@ impl PgSink {
     }
 
     /// Creates the tables that are missing; never alters an existing one.
+    /// Bounded by [`SCHEMA_DEADLINE`], not the statement bound: the first
+    /// start after an upgrade may build an index over a large ledger.
     pub async fn ensure_schema(&mut self) -> Result<()> {
+        let deadline = self.deadline.max(SCHEMA_DEADLINE);
+        let outcome = tokio::time::timeout(deadline, self.ensure_schema_unbounded()).await;
+        self.settle(deadline, outcome)
+    }
+
+    async fn ensure_schema_unbounded(&mut self) -> Result<()> {
         let tx = self.client.transaction().await?;
+        tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
             .await?;
         tx.batch_execute(SCHEMA)
@@ -225,8 +385,24 @@ impl PgSink {
         Ok(())
     }
 
-    /// Writes one batch atomically (see the module docs).
+    /// Writes one batch atomically (see the module docs), within the
+    /// deadline: after a timeout the outcome is unknown, and the ledger makes
+    /// the caller's retry (on a new connection) exact either way.
     pub async fn write_batch(
+        &mut self,
+        batch: &[Processed<'_>],
+        component_digest: &str,
+        keyring: &Keyring,
+    ) -> Result<WriteReport> {
+        let outcome = tokio::time::timeout(
+            self.deadline,
+            self.write_batch_unbounded(batch, component_digest, keyring),
+        )
+        .await;
+        self.settle(self.deadline, outcome)
+    }
+
+    async fn write_batch_unbounded(
         &mut self,
         batch: &[Processed<'_>],
         component_digest: &str,
@@ -275,6 +451,68 @@ impl PgSink {
             dead_letter_reasons,
             duplicates: batch.len() - claimed as usize,
         })
+    }
+}
+
+impl PgSink {
+    /// Deletes ledger rows older than `retention`, `batch_size` at a time,
+    /// unless another host is pruning. Nothing younger than `retention`
+    /// (by the server's clock) is touched.
+    pub async fn prune_ledger(
+        &mut self,
+        retention: Duration,
+        batch_size: i64,
+    ) -> Result<PruneReport> {
+        let locked: bool = self
+            .bounded(
+                self.client
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&PRUNE_LOCK]),
+            )
+            .await?
+            .get(0);
+        if !locked {
+            return Ok(PruneReport {
+                skipped: true,
+                ..PruneReport::default()
+            });
+        }
+        let pruned = self.prune_locked(retention, batch_size.max(1)).await;
+        // A failed unlock on a live connection would keep every host from
+        // pruning; on a dead one the server releases the lock itself.
+        let unlocked = self
+            .bounded(
+                self.client
+                    .execute("SELECT pg_advisory_unlock($1)", &[&PRUNE_LOCK]),
+            )
+            .await;
+        if unlocked.is_err() {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+        pruned
+    }
+
+    async fn prune_locked(&self, retention: Duration, batch_size: i64) -> Result<PruneReport> {
+        // One cutoff for the whole prune, from the server's clock (the one
+        // that wrote processed_at).
+        let cutoff: DateTime<Utc> = self
+            .bounded(self.client.query_one(
+                "SELECT now() - make_interval(secs => $1)",
+                &[&retention.as_secs_f64()],
+            ))
+            .await?
+            .get(0);
+        let mut report = PruneReport::default();
+        loop {
+            let deleted = self
+                .bounded(self.client.execute(PRUNE_BATCH, &[&cutoff, &batch_size]))
+                .await
+                .context("cannot prune the ledger")?;
+            report.rows += deleted;
+            report.batches += 1;
+            if deleted < batch_size as u64 {
+                return Ok(report);
+            }
+        }
     }
 }
 

@@ -303,6 +303,33 @@ impl SqsSource {
             .context("SQS did not report the queue's VisibilityTimeout")
     }
 
+    /// How long after it was sent SQS may still deliver a message: the
+    /// queue's retention period plus its visibility timeout (a message
+    /// received just before it expires comes back once more after that).
+    pub async fn redelivery_window(&self) -> Result<Duration> {
+        let output = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::MessageRetentionPeriod)
+            .attribute_names(QueueAttributeName::VisibilityTimeout)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
+            .context("SQS GetQueueAttributes failed")?;
+        let attributes = output.attributes.unwrap_or_default();
+        let seconds = |name: QueueAttributeName| -> Result<u64> {
+            attributes
+                .get(&name)
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("SQS did not report the queue's {}", name.as_str()))
+        };
+        Ok(Duration::from_secs(
+            seconds(QueueAttributeName::MessageRetentionPeriod)?
+                + seconds(QueueAttributeName::VisibilityTimeout)?,
+        ))
+    }
+
     /// Approximate visible and in-flight message counts.
     pub async fn depth(&self) -> Result<QueueDepth> {
         let output = self
@@ -363,6 +390,71 @@ impl SqsSource {
             sent += output.successful.len();
         }
         Ok(sent)
+    }
+}
+
+impl SqsSource {
+    /// Sends at most ten bodies in one SendMessageBatch and says, per body,
+    /// what SQS did: `Ok(new message id)` or `Err(why it refused)`. An
+    /// error of the whole call means nothing is known to have been sent.
+    pub async fn send_each<S: AsRef<str>>(
+        &self,
+        bodies: &[S],
+    ) -> Result<Vec<std::result::Result<String, String>>> {
+        if bodies.len() > MAX_BATCH {
+            bail!(
+                "SendMessageBatch takes at most {MAX_BATCH} messages, not {}",
+                bodies.len()
+            );
+        }
+        let entries = bodies
+            .iter()
+            .enumerate()
+            .map(|(index, body)| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(index.to_string())
+                    .message_body(body.as_ref())
+                    .build()
+                    .context("building a SendMessageBatch entry")
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let output = self
+            .client
+            .send_message_batch()
+            .queue_url(&self.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
+            .context("SQS SendMessageBatch failed")?;
+        // An entry SQS mentions in neither list was not sent, as far as we
+        // can know: it counts as refused.
+        let mut results: Vec<std::result::Result<String, String>> =
+            vec![Err("SQS did not report this entry".to_owned()); bodies.len()];
+        for success in output.successful {
+            if let Some(slot) = success
+                .id
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| results.get_mut(i))
+            {
+                *slot = Ok(success.message_id);
+            }
+        }
+        for failure in output.failed {
+            if let Some(slot) = failure
+                .id
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| results.get_mut(i))
+            {
+                *slot = Err(match failure.message {
+                    Some(message) => format!("{}: {message}", failure.code),
+                    None => failure.code,
+                });
+            }
+        }
+        Ok(results)
     }
 }
 

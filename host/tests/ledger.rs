@@ -14,6 +14,14 @@ fn body(tag: &str) -> String {
     format!("{{\"id\": \"{tag}\"}}")
 }
 
+/// A local message with id `id` (the ledger tests that need no queue).
+fn message(id: &str) -> Received {
+    Received {
+        receipt_handle: format!("receipt-{id}"),
+        ..Received::local(id, body(id), 1_670_839_200_000)
+    }
+}
+
 /// What the transform would make of each tagged body: rows, and a rejection
 /// for `m3`.
 fn outcome_of(message: &Received) -> Outcome {
@@ -185,5 +193,218 @@ async fn user_logins_keeps_the_exact_take_home_ddl() {
         count(&db, "SELECT count(*) FROM information_schema.table_constraints WHERE table_name = 'user_logins'").await,
         0,
         "user_logins must have no primary key or other constraint"
+    );
+}
+
+fn dead_letter() -> Outcome {
+    Outcome::Rejected(Rejection::new("wrong_schema", "no login fields"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_id_twice_in_one_batch_takes_its_first_outcome() {
+    let url = fresh_database().await;
+    let mut sink = PgSink::connect(&Database::new(&url, None).unwrap())
+        .await
+        .unwrap();
+    sink.ensure_schema().await.unwrap();
+    let ring = keyring();
+    let db = query_client(&url).await;
+    for round in 0..8 {
+        for row_first in [true, false] {
+            let id = format!("twice-{round}-{row_first}");
+            // Other messages around the pair, so that the pair is not the
+            // whole input of the statement's sort.
+            let messages = [
+                message(&format!("before-{round}-{row_first}")),
+                message(&id),
+                message(&format!("between-{round}-{row_first}")),
+                message(&id),
+            ];
+            let (first, second) = if row_first {
+                (row(&id), dead_letter())
+            } else {
+                (dead_letter(), row(&id))
+            };
+            let outcomes = [row("other"), first, dead_letter(), second];
+            let batch: Vec<Processed<'_>> = messages
+                .iter()
+                .zip(&outcomes)
+                .map(|(message, outcome)| Processed { message, outcome })
+                .collect();
+            let report = sink.write_batch(&batch, "digest", &ring).await.unwrap();
+            assert_eq!(
+                report.duplicates, 1,
+                "round {round}: the second copy is a duplicate"
+            );
+            let (rows, dead_letters) = if row_first { (2, 1) } else { (1, 2) };
+            assert_eq!(report.rows, rows, "round {round}, row first: {row_first}");
+            assert_eq!(report.dead_letter_reasons.len(), dead_letters);
+            let outcome: String = db
+                .query_one(
+                    "SELECT outcome FROM maskpipe_processed WHERE message_id = $1",
+                    &[&id],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(outcome, if row_first { "row" } else { "dead_letter" });
+            let written = count(
+                &db,
+                &format!(
+                    "SELECT (SELECT count(*) FROM user_logins WHERE user_id = '{id}')
+                          + (SELECT count(*) FROM maskpipe_dead_letters WHERE message_id = '{id}')"
+                ),
+            )
+            .await;
+            assert_eq!(written, 1, "exactly one outcome for {id}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pruning_deletes_only_ledger_rows_older_than_the_retention_in_batches() {
+    let url = fresh_database().await;
+    let mut sink = PgSink::connect(&Database::new(&url, None).unwrap())
+        .await
+        .unwrap();
+    sink.ensure_schema().await.unwrap();
+    let db = query_client(&url).await;
+    let insert = |prefix: &str, count: i32, age: &str| {
+        format!(
+            "INSERT INTO maskpipe_processed (message_id, outcome, component_digest, processed_at)
+             SELECT '{prefix}-' || n, 'row', 'd', now() - interval '{age}' FROM generate_series(1, {count}) n"
+        )
+    };
+    // Retention 10 days: 23 rows older, the rest younger, some by a minute only.
+    db.batch_execute(&insert("ancient", 3, "400 days"))
+        .await
+        .unwrap();
+    db.batch_execute(&insert("old", 20, "10 days 1 minute"))
+        .await
+        .unwrap();
+    db.batch_execute(&insert("edge", 5, "9 days 23 hours 59 minutes"))
+        .await
+        .unwrap();
+    db.batch_execute(&insert("recent", 7, "1 day"))
+        .await
+        .unwrap();
+    db.batch_execute(&insert("now", 4, "0 seconds"))
+        .await
+        .unwrap();
+    let retention = std::time::Duration::from_secs(10 * 24 * 3600);
+
+    let report = sink.prune_ledger(retention, 5).await.unwrap();
+    assert_eq!(report.rows, 23);
+    assert_eq!(report.batches, 5, "5 + 5 + 5 + 5 + 3");
+    assert!(!report.skipped);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM maskpipe_processed WHERE message_id ~ '^(ancient|old)-'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM maskpipe_processed").await,
+        16
+    );
+
+    // Nothing left to prune: one empty batch.
+    let again = sink.prune_ledger(retention, 5).await.unwrap();
+    assert_eq!((again.rows, again.batches), (0, 1));
+
+    // While another host prunes (holds the lock), this one does nothing.
+    db.batch_execute(&insert("later", 3, "11 days"))
+        .await
+        .unwrap();
+    db.execute(
+        "SELECT pg_advisory_lock($1)",
+        &[&(0x6d61_736b_7069_7065_i64 + 1)],
+    )
+    .await
+    .unwrap();
+    let skipped = sink.prune_ledger(retention, 5).await.unwrap();
+    assert!(skipped.skipped);
+    assert_eq!(skipped.rows, 0);
+    db.execute(
+        "SELECT pg_advisory_unlock($1)",
+        &[&(0x6d61_736b_7069_7065_i64 + 1)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(sink.prune_ledger(retention, 5).await.unwrap().rows, 3);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM maskpipe_processed").await,
+        16
+    );
+
+    // The pruner's index exists.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'maskpipe_processed_processed_at'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn maskpipe_run_prunes_the_ledger_in_the_background_and_warns_of_a_short_retention() {
+    let database = fresh_database().await;
+    let queue = fresh_queue().await;
+    let mut sink = PgSink::connect(&Database::new(&database, None).unwrap())
+        .await
+        .unwrap();
+    sink.ensure_schema().await.unwrap();
+    let db = query_client(&database).await;
+    db.batch_execute(
+        "INSERT INTO maskpipe_processed (message_id, outcome, component_digest, processed_at)
+         SELECT 'old-' || n, 'row', 'd', now() - interval '2 hours' FROM generate_series(1, 7000) n;
+         INSERT INTO maskpipe_processed (message_id, outcome, component_digest, processed_at)
+         SELECT 'young-' || n, 'row', 'd', now() - interval '50 minutes' FROM generate_series(1, 5) n",
+    )
+    .await
+    .unwrap();
+
+    let log_path = std::env::temp_dir().join(unique_name("maskpipe-prune.log"));
+    let mut host = maskpipe()
+        .args(["run", "--wait-seconds", "1", "--progress-seconds", "0"])
+        .args([
+            "--ledger-retention-hours",
+            "1",
+            "--ledger-prune-seconds",
+            "1",
+        ])
+        .args(["--queue", queue.queue_url(), "--database-url", &database])
+        .arg("--transform")
+        .arg(component_path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the old ledger rows pruned",
+        std::time::Duration::from_secs(60),
+        async || try_count(&database, "SELECT count(*) FROM maskpipe_processed").await == 5,
+    )
+    .await;
+    host.start_kill().unwrap();
+    let _ = host.wait().await;
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&log_path);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM maskpipe_processed WHERE message_id LIKE 'young-%'"
+        )
+        .await,
+        5
+    );
+    // The queue keeps messages 4 days by default: 1 h is too short.
+    assert!(
+        log.contains("ledger retention (1 h) is shorter than the queue's"),
+        "{log}"
     );
 }

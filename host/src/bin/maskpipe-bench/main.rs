@@ -7,7 +7,9 @@
 //!
 //! 1. Transform: the shipped component in wasmtime vs the same login-core
 //!    code compiled natively, both masking with the real keyring, one core.
-//! 2. Sink: rows/s into PostgreSQL, batches of 10, as the pipeline writes them.
+//! 2. Sink: rows/s into PostgreSQL, batches of 10, as the pipeline writes them;
+//!    2b (`--only sink-full-ledger`, not in the default suite: filling takes
+//!    minutes): the same against a ledger pre-filled with 10 million rows.
 //! 3. End to end: `maskpipe run --drain` vs a no-op consumer (receive +
 //!    delete only, same client, same concurrency) on the same queue server.
 //! 4. CPU per message and 5. peak RSS of the host process during (3).
@@ -68,12 +70,17 @@ struct Args {
     /// Do not give LocalStack a CPU of its own during the end-to-end stages.
     #[arg(long)]
     no_pin: bool,
+    /// Ledger rows pre-filled for the sink-full-ledger stage.
+    #[arg(long, default_value_t = 10_000_000)]
+    ledger_rows: i64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
     Transform,
     Sink,
+    /// The sink against a pre-filled ledger (only with `--only`).
+    SinkFullLedger,
     EndToEnd,
 }
 
@@ -232,6 +239,9 @@ async fn run(args: Args) -> Result<()> {
     if wanted(Stage::Sink) {
         bench_sink(&args, &admin_url, &keyring, &mut report).await?;
     }
+    if args.only == Some(Stage::SinkFullLedger) {
+        bench_sink_full_ledger(&args, &admin_url, &keyring, &mut report).await?;
+    }
     let end_to_end = wanted(Stage::EndToEnd);
     let sweeping = !args.no_sweeps && args.only.is_none();
     if end_to_end || sweeping {
@@ -382,73 +392,142 @@ async fn drop_database(admin_url: &str, url: &str) -> Result<()> {
     Ok(())
 }
 
+const SINK_ROWS: usize = 40_000;
+const SINK_CONNECTIONS: usize = 4;
+
 async fn bench_sink(
     args: &Args,
     admin_url: &str,
     keyring: &Arc<Keyring>,
     report: &mut Report,
 ) -> Result<()> {
-    const ROWS: usize = 40_000;
-    const CONNECTIONS: usize = 4;
-    let bodies = generate(ROWS, args.seed);
-    let outcomes: Vec<Outcome> = bodies
-        .iter()
-        .map(|body| native_outcome(body, 1_670_839_200_000, keyring))
-        .collect();
-    let outcomes = Arc::new(outcomes);
+    let (messages, outcomes) = sink_input(args, keyring);
     let mut rates = Vec::new();
     for run in 0..args.runs {
         let database = fresh_database(admin_url, "sink").await?;
         let url = Database::new(&database, None)?;
         PgSink::connect(&url).await?.ensure_schema().await?;
-        let messages = Arc::new(
-            received(&bodies)
-                .into_iter()
-                .map(|mut m| {
-                    m.id = format!("{run}-{}", m.id);
-                    m
-                })
-                .collect::<Vec<_>>(),
-        );
-        let started = Instant::now();
-        let mut writers = tokio::task::JoinSet::new();
-        for writer in 0..CONNECTIONS {
-            let (url, messages, outcomes, keyring) = (
-                url.clone(),
-                Arc::clone(&messages),
-                Arc::clone(&outcomes),
-                Arc::clone(keyring),
-            );
-            writers.spawn(async move {
-                let mut sink = PgSink::connect(&url).await?;
-                let chunks: Vec<usize> = (0..ROWS / 10)
-                    .filter(|c| c % CONNECTIONS == writer)
-                    .collect();
-                for chunk in chunks {
-                    let range = chunk * 10..chunk * 10 + 10;
-                    let batch: Vec<Processed<'_>> = messages[range.clone()]
-                        .iter()
-                        .zip(&outcomes[range])
-                        .map(|(message, outcome)| Processed { message, outcome })
-                        .collect();
-                    sink.write_batch(&batch, "bench", &keyring).await?;
-                }
-                anyhow::Ok(())
-            });
-        }
-        while let Some(done) = writers.join_next().await {
-            done??;
-        }
-        rates.push(ROWS as f64 / started.elapsed().as_secs_f64());
+        rates.push(sink_once(&url, run, &messages, &outcomes, keyring).await?);
         drop_database(admin_url, &database).await?;
     }
     let rate = Stats::of(rates);
     report.figure("sink_rows_per_s", rate);
     report.markdown.push(format!(
-        "### 2. Sink (PostgreSQL 15 on 127.0.0.1, {CONNECTIONS} connections, batches of 10 with ledger + dead letters, {ROWS} rows a run)\n\n| figure | min | median | max | unit |\n|---|---|---|---|---|\n{}\n",
+        "### 2. Sink (PostgreSQL 15 on 127.0.0.1, {SINK_CONNECTIONS} connections, batches of 10 with ledger + dead letters, {SINK_ROWS} rows a run)\n\n| figure | min | median | max | unit |\n|---|---|---|---|---|\n{}\n",
         rate.row("rows written", "rows/s")
     ));
     Ok(())
+}
+
+/// The sink's write path when the ledger is large: one database whose
+/// ledger is pre-filled (one `INSERT … SELECT generate_series`, ages spread
+/// over the default 15-day retention) before the same runs as stage 2.
+async fn bench_sink_full_ledger(
+    args: &Args,
+    admin_url: &str,
+    keyring: &Arc<Keyring>,
+    report: &mut Report,
+) -> Result<()> {
+    let (messages, outcomes) = sink_input(args, keyring);
+    let database = fresh_database(admin_url, "ledger").await?;
+    let url = Database::new(&database, None)?.with_timeout(std::time::Duration::from_secs(3600));
+    let mut sink = PgSink::connect(&url).await?;
+    sink.ensure_schema().await?;
+    drop(sink);
+    let (client, connection) = tokio_postgres::connect(&database, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let filling = Instant::now();
+    client
+        .execute(
+            "INSERT INTO maskpipe_processed (message_id, outcome, component_digest, processed_at)
+             SELECT md5(n::text), 'row', 'prefill', now() - make_interval(secs => n % 1296000)
+             FROM generate_series(1, $1::int8) n",
+            &[&args.ledger_rows],
+        )
+        .await?;
+    client
+        .batch_execute("VACUUM ANALYZE maskpipe_processed")
+        .await?;
+    let fill_seconds = filling.elapsed().as_secs_f64();
+    eprintln!(
+        "pre-filled the ledger with {} rows in {fill_seconds:.0} s",
+        args.ledger_rows
+    );
+    let mut rates = Vec::new();
+    for run in 0..args.runs {
+        rates.push(sink_once(&url, run, &messages, &outcomes, keyring).await?);
+    }
+    drop_database(admin_url, &database).await?;
+    let rate = Stats::of(rates);
+    report.figure("sink_full_ledger_rows_per_s", rate);
+    report.markdown.push(format!(
+        "### 2b. Sink with a full ledger (as 2, against a ledger pre-filled with {} rows in {fill_seconds:.0} s)\n\n| figure | min | median | max | unit |\n|---|---|---|---|---|\n{}\n",
+        args.ledger_rows,
+        rate.row("rows written", "rows/s")
+    ));
+    Ok(())
+}
+
+type SinkInput = (Arc<Vec<Received>>, Arc<Vec<Outcome>>);
+
+fn sink_input(args: &Args, keyring: &Arc<Keyring>) -> SinkInput {
+    let bodies = generate(SINK_ROWS, args.seed);
+    let outcomes: Vec<Outcome> = bodies
+        .iter()
+        .map(|body| native_outcome(body, 1_670_839_200_000, keyring))
+        .collect();
+    (Arc::new(received(&bodies)), Arc::new(outcomes))
+}
+
+/// One run: every message written in batches of 10 over the connections;
+/// returns rows/s. Message ids are prefixed by `run`, so runs never collide.
+async fn sink_once(
+    url: &Database,
+    run: usize,
+    messages: &Arc<Vec<Received>>,
+    outcomes: &Arc<Vec<Outcome>>,
+    keyring: &Arc<Keyring>,
+) -> Result<f64> {
+    let messages = Arc::new(
+        messages
+            .iter()
+            .map(|m| {
+                let mut m = m.clone();
+                m.id = format!("{run}-{}", m.id);
+                m
+            })
+            .collect::<Vec<_>>(),
+    );
+    let started = Instant::now();
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..SINK_CONNECTIONS {
+        let (url, messages, outcomes, keyring) = (
+            url.clone(),
+            Arc::clone(&messages),
+            Arc::clone(outcomes),
+            Arc::clone(keyring),
+        );
+        writers.spawn(async move {
+            let mut sink = PgSink::connect(&url).await?;
+            let chunks: Vec<usize> = (0..SINK_ROWS / 10)
+                .filter(|c| c % SINK_CONNECTIONS == writer)
+                .collect();
+            for chunk in chunks {
+                let range = chunk * 10..chunk * 10 + 10;
+                let batch: Vec<Processed<'_>> = messages[range.clone()]
+                    .iter()
+                    .zip(&outcomes[range])
+                    .map(|(message, outcome)| Processed { message, outcome })
+                    .collect();
+                sink.write_batch(&batch, "bench", &keyring).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done??;
+    }
+    Ok(SINK_ROWS as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Gives LocalStack a CPU of its own unless told not to (or it cannot be

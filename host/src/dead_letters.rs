@@ -55,7 +55,7 @@ pub struct DatabaseArgs {
         hide_env_values = true,
         value_name = "URL"
     )]
-    pub database_url: String,
+    pub database_url: crate::config::Secret,
 
     /// PEM file of the CA that PostgreSQL's certificate must chain to.
     #[arg(long, env = "MASKPIPE_DATABASE_CA", value_name = "PEM")]
@@ -70,11 +70,11 @@ pub struct DatabaseArgs {
 
 impl DatabaseArgs {
     fn database(&self) -> Result<Database> {
-        if self.database_url.trim().is_empty() {
+        if self.database_url.expose().trim().is_empty() {
             bail!("MASKPIPE_DATABASE_URL is empty");
         }
         Ok(
-            Database::new(&self.database_url, self.database_ca.as_deref())?
+            Database::new(self.database_url.expose(), self.database_ca.as_deref())?
                 .with_timeout(Duration::from_secs(self.database_timeout_seconds.into())),
         )
     }

@@ -4,6 +4,15 @@ use clap::Parser;
 use maskpipe::cli::{self, Cli};
 
 fn main() -> ExitCode {
+    // A panic's message could quote what it was handling (a message body, a
+    // key): report where it happened, never what it said.
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|location| format!(" at {}:{}", location.file(), location.line()))
+            .unwrap_or_default();
+        eprintln!("maskpipe: internal error: a thread panicked{at}");
+    }));
     let cli = Cli::parse();
     cli::init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

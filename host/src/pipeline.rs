@@ -460,6 +460,16 @@ impl Poller {
     }
 
     async fn transform(&mut self, messages: &[Received]) -> Option<(Vec<Outcome>, String)> {
+        // Again after receiving: a swap published during the receive applies
+        // to this batch. Failing here leaves the batch to SQS; the next loop
+        // backs off before receiving again.
+        if let Err(error) = self.ensure_worker().await {
+            tracing::error!(
+                poller = self.index,
+                "cannot instantiate the transform: {error:#}"
+            );
+            return None;
+        }
         let worker = self.worker.as_mut()?;
         let started = Instant::now();
         match worker.run(messages).await {
@@ -491,7 +501,8 @@ impl Poller {
     /// when PostgreSQL refuses the data, each half is written on its own
     /// (each its own transaction, claimed in the ledger), down to the single
     /// rows it refuses, which become `database_rejected` dead letters. A
-    /// dead letter it refuses too (`isolate` false) is left to SQS.
+    /// dead letter it refuses too (`isolate` false) is retried like a
+    /// transient failure.
     fn write_isolating<'w>(
         &'w mut self,
         batch: &'w [Processed<'w>],
@@ -528,14 +539,16 @@ impl Poller {
                         );
                         return self.split(batch, digest, &sqlstate).await;
                     }
-                    Some(sqlstate) => {
-                        tracing::error!(
-                            poller = self.index,
-                            sqlstate = %sqlstate,
-                            "PostgreSQL refused a dead letter; leaving its message to SQS"
-                        );
-                        return None;
-                    }
+                    // Even the message's dead letter is refused: the fault is
+                    // the database's (a revoked grant, a dropped table), not
+                    // the rows'. Wait it out, keeping the batch invisible,
+                    // rather than let redeliveries push good messages to the
+                    // queue's redrive target.
+                    Some(sqlstate) => tracing::error!(
+                        poller = self.index,
+                        sqlstate = %sqlstate,
+                        "PostgreSQL refuses even a dead letter; retrying until it accepts"
+                    ),
                     None => tracing::warn!(
                         poller = self.index,
                         batch = batch.len(),

@@ -51,6 +51,20 @@ CREATE TABLE IF NOT EXISTS maskpipe_dead_letters (
     dead_lettered_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS maskpipe_dead_letters_reason ON maskpipe_dead_letters (reason);
+-- What the transform said about a message can quote it: kept only sealed.
+-- Checked first: ALTER TABLE takes an exclusive lock even when it has
+-- nothing to do, and would queue every writer behind any reader.
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM information_schema.columns
+        WHERE table_schema = current_schema()
+          AND table_name = 'maskpipe_dead_letters'
+          AND column_name = 'detail_sealed'
+    ) THEN
+        ALTER TABLE maskpipe_dead_letters ADD COLUMN detail_sealed text;
+    END IF;
+END $$;
 -- The pruner deletes the oldest ledger rows; without this it would scan the
 -- whole ledger every time.
 CREATE INDEX IF NOT EXISTS maskpipe_processed_processed_at ON maskpipe_processed (processed_at);
@@ -103,7 +117,8 @@ pub struct Processed<'a> {
 /// One batch, one statement, one round trip: data-modifying CTEs claim the
 /// ids in the ledger and insert rows and dead letters only for the ids just
 /// claimed. A single statement is its own transaction, so it is all or
-/// nothing. `$1..$13` are the batch as parallel arrays, one entry per message.
+/// nothing. `$1..$13` and `$15` are the batch as parallel arrays, one entry
+/// per message; `$14` is the component digest.
 ///
 /// A batch may hold one message id twice (SQS redelivers while the first copy
 /// is still in the batch): the first occurrence wins, deterministically
@@ -113,9 +128,10 @@ WITH input AS (
     SELECT DISTINCT ON (message_id) *
     FROM UNNEST($1::text[], $2::text[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[],
                 $7::varchar[], $8::integer[], $9::date[], $10::text[], $11::text[], $12::text[],
-                $13::timestamptz[]) WITH ORDINALITY
+                $13::timestamptz[], $15::text[]) WITH ORDINALITY
          AS i(message_id, outcome, user_id, device_type, masked_ip, masked_device_id,
-              locale, app_version, create_date, reason, detail, body_sealed, sent_at, position)
+              locale, app_version, create_date, reason, detail, body_sealed, sent_at,
+              detail_sealed, position)
     ORDER BY message_id, position
 ),
 claimed AS (
@@ -134,8 +150,8 @@ new_rows AS (
 ),
 new_dead_letters AS (
     INSERT INTO maskpipe_dead_letters
-        (message_id, reason, detail, body_sealed, sent_at, component_digest)
-    SELECT i.message_id, i.reason, i.detail, i.body_sealed, i.sent_at, $14
+        (message_id, reason, detail, body_sealed, detail_sealed, sent_at, component_digest)
+    SELECT i.message_id, i.reason, i.detail, i.body_sealed, i.detail_sealed, i.sent_at, $14
     FROM input i JOIN claimed USING (message_id)
     WHERE i.outcome = 'dead_letter'
     RETURNING reason
@@ -439,6 +455,7 @@ impl PgSink {
                     &columns.body_sealed,
                     &columns.sent_at,
                     &component_digest,
+                    &columns.detail_sealed,
                 ],
             )
             .await
@@ -530,6 +547,7 @@ struct BatchColumns<'a> {
     reason: Vec<Option<&'a str>>,
     detail: Vec<Option<&'a str>>,
     body_sealed: Vec<Option<String>>,
+    detail_sealed: Vec<Option<String>>,
     sent_at: Vec<Option<DateTime<Utc>>>,
 }
 
@@ -549,6 +567,7 @@ impl<'a> BatchColumns<'a> {
             reason: Vec::with_capacity(n),
             detail: Vec::with_capacity(n),
             body_sealed: Vec::with_capacity(n),
+            detail_sealed: Vec::with_capacity(n),
             sent_at: Vec::with_capacity(n),
         };
         for processed in batch {
@@ -559,6 +578,7 @@ impl<'a> BatchColumns<'a> {
                     columns.reason.push(None);
                     columns.detail.push(None);
                     columns.body_sealed.push(None);
+                    columns.detail_sealed.push(None);
                     columns.sent_at.push(None);
                     Some(row)
                 }
@@ -571,6 +591,12 @@ impl<'a> BatchColumns<'a> {
                     columns.body_sealed.push(Some(
                         keyring.seal(&processed.message.id, processed.message.body.as_bytes()),
                     ));
+                    columns.detail_sealed.push(
+                        rejection
+                            .transform_detail
+                            .as_ref()
+                            .map(|detail| keyring.seal(&processed.message.id, detail.as_bytes())),
+                    );
                     columns.sent_at.push(DateTime::<Utc>::from_timestamp_millis(
                         processed.message.sent_timestamp_ms as i64,
                     ));

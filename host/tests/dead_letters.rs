@@ -210,7 +210,7 @@ async fn a_message_sqs_refuses_keeps_its_dead_letter_and_exits_1() {
         db.execute(
             "INSERT INTO maskpipe_dead_letters (message_id, reason, detail, body_sealed, component_digest)
              VALUES ($1, 'wrong_schema', '', $2, 'd')",
-            &[&message_id, &ring.seal(&message_id, body.as_bytes())],
+            &[&message_id, &ring.seal(message_id, body.as_bytes())],
         )
         .await
         .unwrap();

@@ -215,18 +215,29 @@ async fn sigterm_finishes_in_flight_batches_and_exits_0_promptly() {
     let queue = fresh_queue().await;
     queue.send(&unique_logins("term", 2_000, 20)).await.unwrap();
 
-    let mut host = spawn_host(queue.queue_url(), &database, &["--pollers", "4"]);
+    // Draining, so the summary must say the signal, not "queue drained".
+    let mut command = drain_command(
+        queue.queue_url(),
+        &database,
+        &component_path(),
+        &["--pollers", "4"],
+    );
+    command.stdout(std::process::Stdio::piped());
+    let host = command.spawn().expect("maskpipe could not be started");
     wait_until_processed(&database, 200, Duration::from_secs(60)).await;
     let asked = Instant::now();
     signal(&host, "-TERM");
-    let status = tokio::time::timeout(Duration::from_secs(30), host.wait())
+    let output = tokio::time::timeout(Duration::from_secs(30), host.wait_with_output())
         .await
         .unwrap()
         .unwrap();
     let took = asked.elapsed();
-    assert!(status.success(), "{status}");
+    assert!(output.status.success(), "{}", output.status);
     assert!(took < Duration::from_secs(10), "took {took:?} to stop");
     println!("stopped {took:?} after SIGTERM");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("stopped by a signal"), "{stdout}");
+    assert!(!stdout.contains("drained"), "{stdout}");
 
     // Whatever it had not finished is still in the queue; a later run
     // completes the work exactly once.

@@ -11,8 +11,21 @@ use common::*;
 async fn sample_queue_drains_into_99_rows_and_one_dead_letter() {
     let database = fresh_database().await;
     let queue = fresh_queue().await;
-    let bodies = sample_bodies();
-    assert_eq!(queue.send(&bodies).await.unwrap(), 100);
+    let mut bodies = sample_bodies();
+    // Bad logins that carry real PII: their dead letters must not show it.
+    let bad_pii = [
+        ("203.0.113.77", "777-66-5555"),
+        ("198.51.100.9", "123-45-6789"),
+    ];
+    for (ip, device) in bad_pii {
+        bodies.push(
+            bodies[0]
+                .replace("199.172.111.135", ip)
+                .replace("593-47-5928", device)
+                .replace("\"2.3.0\"", "\"2.3.0-beta\""),
+        );
+    }
+    assert_eq!(queue.send(&bodies).await.unwrap(), 102);
 
     // The most verbose logging there is: still no plaintext PII.
     let output = drain(&queue, &database, &["--log", "trace"]).await;
@@ -23,17 +36,21 @@ async fn sample_queue_drains_into_99_rows_and_one_dead_letter() {
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
     assert!(stdout.contains("rows written        99"), "{stdout}");
-    assert!(stdout.contains("(wrong_schema: 1)"), "{stdout}");
+    assert!(
+        stdout.contains("(invalid_app_version: 2, wrong_schema: 1)"),
+        "{stdout}"
+    );
 
     let db = query_client(&database).await;
     assert_eq!(count(&db, "SELECT count(*) FROM user_logins").await, 99);
     assert_eq!(
         count(&db, "SELECT count(*) FROM maskpipe_processed").await,
-        100
+        102
     );
     let dead = db
         .query(
-            "SELECT reason, body_sealed, message_id FROM maskpipe_dead_letters",
+            "SELECT reason, body_sealed, message_id FROM maskpipe_dead_letters \
+             WHERE reason = 'wrong_schema'",
             &[],
         )
         .await
@@ -60,6 +77,7 @@ async fn sample_queue_drains_into_99_rows_and_one_dead_letter() {
     // Every ip and device_id is masked, fits its column, and reveals to a sent value.
     let sent: Vec<serde_json::Value> = bodies
         .iter()
+        .take(100)
         .map(|b| serde_json::from_str(b).unwrap())
         .collect();
     let sent_ips: HashSet<&str> = sent.iter().filter_map(|v| v["ip"].as_str()).collect();
@@ -89,17 +107,48 @@ async fn sample_queue_drains_into_99_rows_and_one_dead_letter() {
     }
     assert_eq!(null_locales, 29);
 
-    // No plaintext PII in the logs (run at trace level) or the dead letters.
-    let dead_text = format!(
-        "{:?}",
-        db.query("SELECT * FROM maskpipe_dead_letters", &[])
-            .await
-            .unwrap()
-    );
-    for secret in sent_ips.iter().chain(&sent_devices) {
+    // No plaintext PII in the logs (run at trace level) or in any column of
+    // the dead letters, read as text: the bad logins' own PII included.
+    let dead_text: Vec<String> = db
+        .query("SELECT d::text FROM maskpipe_dead_letters d", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(dead_text.len(), 3);
+    let bad_values = bad_pii.iter().flat_map(|(ip, device)| [*ip, *device]);
+    for secret in sent_ips
+        .iter()
+        .copied()
+        .chain(sent_devices.iter().copied())
+        .chain(bad_values)
+    {
         assert!(!stderr.contains(secret), "plaintext PII in logs");
         assert!(!stdout.contains(secret), "plaintext PII in output");
-        assert!(!dead_text.contains(secret), "plaintext PII in dead letters");
+        assert!(
+            dead_text.iter().all(|row| !row.contains(secret)),
+            "plaintext PII in dead letters"
+        );
+    }
+    // They are there, sealed: the key holder opens each bad login's body.
+    let sealed = db
+        .query(
+            "SELECT message_id, body_sealed FROM maskpipe_dead_letters \
+             WHERE reason = 'invalid_app_version'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let opened: Vec<String> = sealed
+        .iter()
+        .map(|row| {
+            let plain = ring.reveal(row.get(1), Some(row.get(0))).unwrap();
+            String::from_utf8(plain).unwrap()
+        })
+        .collect();
+    for (ip, _) in bad_pii {
+        assert!(opened.iter().any(|body| body.contains(ip)));
     }
 }
 
@@ -109,7 +158,11 @@ async fn equal_plaintexts_mask_equally_so_duplicates_stay_visible() {
     let queue = fresh_queue().await;
     let first = sample_bodies()[0].clone();
     // The same login sent twice is two messages: two rows, equal masks.
-    queue.send(&[first.clone(), first]).await.unwrap();
+    // A third login's device_id is its ip: the same value in two fields.
+    let same = first
+        .replace("424cdd21-063a-43a7-b91b-7ca1a833afae", "same-value")
+        .replace("593-47-5928", "199.172.111.135");
+    queue.send(&[first.clone(), first, same]).await.unwrap();
 
     let output = drain(&queue, &database, &[]).await;
     assert!(
@@ -120,14 +173,26 @@ async fn equal_plaintexts_mask_equally_so_duplicates_stay_visible() {
 
     let db = query_client(&database).await;
     let rows = db
-        .query("SELECT masked_ip, masked_device_id FROM user_logins", &[])
+        .query(
+            "SELECT masked_ip, masked_device_id FROM user_logins \
+             WHERE user_id <> 'same-value'",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0].get::<_, &str>(0), rows[1].get::<_, &str>(0));
     assert_eq!(rows[0].get::<_, &str>(1), rows[1].get::<_, &str>(1));
-    // The same value in two different fields would still differ.
-    assert_ne!(rows[0].get::<_, &str>(0), rows[0].get::<_, &str>(1));
+    // The same value in two different fields masks differently.
+    let same = db
+        .query_one(
+            "SELECT masked_ip, masked_device_id FROM user_logins WHERE user_id = 'same-value'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(same.get::<_, &str>(0), rows[0].get::<_, &str>(0));
+    assert_ne!(same.get::<_, &str>(0), same.get::<_, &str>(1));
 }
 
 /// `maskpipe reveal ARGS…`: (success, stdout, stderr).

@@ -174,8 +174,11 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1..=43_200))]
     pub visibility_timeout_seconds: Option<u32>,
 
-    /// Exit when the queue is empty and print a summary, instead of polling forever.
-    #[arg(long, env = "MASKPIPE_DRAIN")]
+    /// Exit when the queue is empty and print a summary, instead of polling
+    /// forever. The variable takes true/false, on/off, yes/no or 1/0.
+    #[arg(long, env = "MASKPIPE_DRAIN", value_name = "BOOL",
+          value_parser = clap::builder::BoolishValueParser::new(),
+          num_args = 0..=1, default_value = "false", default_missing_value = "true")]
     pub drain: bool,
 
     /// Address for `/metrics`, `/healthz` and `/readyz` (e.g. 0.0.0.0:9464);
@@ -287,6 +290,20 @@ mod tests {
             .chain(args),
         )
         .map(|probe| probe.run)
+    }
+
+    #[test]
+    fn drain_takes_the_usual_boolean_spellings() {
+        assert!(parse(&["--drain"]).unwrap().drain);
+        for yes in ["on", "1", "yes", "true"] {
+            assert!(parse(&["--drain", yes]).unwrap().drain, "{yes}");
+        }
+        for no in ["off", "0", "no", "false"] {
+            assert!(!parse(&[&format!("--drain={no}")]).unwrap().drain, "{no}");
+        }
+        assert!(parse(&["--drain", "maybe"]).is_err());
+        // A flag after it is not taken for its value.
+        assert!(parse(&["--drain", "--pollers", "2"]).unwrap().drain);
     }
 
     #[test]

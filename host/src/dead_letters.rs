@@ -290,16 +290,22 @@ async fn replay(args: &ReplayArgs) -> Result<ExitCode> {
                 continue;
             }
             let bodies: Vec<&str> = ready.iter().map(|(_, body)| body.as_str()).collect();
-            let results = match source.send_each(&bodies).await {
-                Ok(results) => results,
-                Err(error) => {
-                    // Nothing known to be sent: keep them all and stop, the
-                    // queue is likely gone or unreachable.
-                    eprintln!("maskpipe: {error:#}; stopping, the unsent dead letters are kept");
-                    tally.kept += ready.len() as u64;
-                    break 'pages;
+            // In runs SQS takes whole (ten bodies, 256 KiB): one oversized
+            // run must not stop every replay at the same page.
+            let mut results = Vec::with_capacity(bodies.len());
+            let mut unreachable = None;
+            for run in crate::source::send_runs(&bodies) {
+                match source.send_each(run).await {
+                    Ok(sent) => results.extend(sent),
+                    Err(error) => {
+                        unreachable = Some(error);
+                        break;
+                    }
                 }
-            };
+            }
+            // Entries after a failed call have no result: nothing is known
+            // to be sent, so they are kept.
+            tally.kept += (ready.len() - results.len()) as u64;
             let mut accepted = Vec::with_capacity(ready.len());
             for ((dead_letter, _), result) in ready.iter().zip(results) {
                 match result {
@@ -314,6 +320,10 @@ async fn replay(args: &ReplayArgs) -> Result<ExitCode> {
                 }
             }
             if accepted.is_empty() {
+                if let Some(error) = unreachable {
+                    eprintln!("maskpipe: {error:#}; stopping, the unsent dead letters are kept");
+                    break 'pages;
+                }
                 continue;
             }
             let ids: Vec<i64> = accepted.iter().map(|d| d.id).collect();
@@ -337,6 +347,11 @@ async fn replay(args: &ReplayArgs) -> Result<ExitCode> {
                         sink = PgSink::connect(&database).await?;
                     }
                 }
+            }
+            if let Some(error) = unreachable {
+                // The queue is likely gone or unreachable: stop here.
+                eprintln!("maskpipe: {error:#}; stopping, the unsent dead letters are kept");
+                break 'pages;
             }
         }
     }

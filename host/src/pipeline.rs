@@ -355,12 +355,14 @@ impl Poller {
                 }
                 continue;
             }
-            let received = tokio::select! {
-                received = shared.source.receive(settings.batch_size, wait, visibility) => received,
-                // A receive cancelled here loses nothing: whatever SQS handed
-                // out comes back after the visibility timeout.
-                _ = self.shutdown.changed() => break,
-            };
+            // Never cancelled, not even by a shutdown: a receive dropped
+            // mid-flight may already have made messages invisible, and they
+            // would sit in flight until their timeout. It ends within the
+            // long-poll wait, and what it brings is processed like any batch.
+            let received = shared
+                .source
+                .receive(settings.batch_size, wait, visibility)
+                .await;
             let messages = match received {
                 Ok(messages) => {
                     backoff.reset();

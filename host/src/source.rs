@@ -18,6 +18,8 @@ use aws_sdk_sqs::types::{
 
 /// SQS caps a batch at ten messages, for receive, send and delete alike.
 pub const MAX_BATCH: usize = 10;
+/// SQS caps a SendMessageBatch's bodies together as it caps one body.
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// SQS's longest long poll.
 pub const MAX_WAIT_SECONDS: i32 = 20;
 
@@ -355,39 +357,21 @@ impl SqsSource {
         })
     }
 
-    /// Sends bodies in batches of ten, returning how many were sent.
+    /// Sends bodies in batches of ten, returning how many were sent; fails
+    /// at the first batch SQS refuses any of.
     pub async fn send<S: AsRef<str>>(&self, bodies: &[S]) -> Result<usize> {
         let mut sent = 0;
-        for chunk in bodies.chunks(MAX_BATCH) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(index, body)| {
-                    SendMessageBatchRequestEntry::builder()
-                        .id(index.to_string())
-                        .message_body(body.as_ref())
-                        .build()
-                        .context("building a SendMessageBatch entry")
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let output = self
-                .client
-                .send_message_batch()
-                .queue_url(&self.queue_url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
-                .context("SQS SendMessageBatch failed")?;
-            if let Some(failure) = output.failed.first() {
+        for chunk in send_runs(bodies) {
+            let results = self.send_each(chunk).await?;
+            let refused: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+            if let Some(first) = refused.first() {
                 bail!(
-                    "SQS refused {} of {} messages ({})",
-                    output.failed.len(),
-                    chunk.len(),
-                    failure.code
+                    "SQS refused {} of {} messages ({first})",
+                    refused.len(),
+                    chunk.len()
                 );
             }
-            sent += output.successful.len();
+            sent += results.len();
         }
         Ok(sent)
     }
@@ -458,9 +442,55 @@ impl SqsSource {
     }
 }
 
+/// Splits bodies into runs that one SendMessageBatch takes: at most ten, at
+/// most [`MAX_BATCH_BYTES`] together. A body too large alone goes alone, for
+/// SQS to refuse it by itself.
+pub fn send_runs<S: AsRef<str>>(bodies: &[S]) -> Vec<&[S]> {
+    let mut runs = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (index, body) in bodies.iter().enumerate() {
+        let len = body.as_ref().len();
+        if index > start && (index - start == MAX_BATCH || bytes + len > MAX_BATCH_BYTES) {
+            runs.push(&bodies[start..index]);
+            (start, bytes) = (index, 0);
+        }
+        bytes += len;
+    }
+    if start < bodies.len() {
+        runs.push(&bodies[start..]);
+    }
+    runs
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_runs_respect_the_count_and_the_payload_cap() {
+        let small = vec!["x"; 25];
+        let runs = send_runs(&small);
+        assert_eq!(
+            runs.iter().map(|r| r.len()).collect::<Vec<_>>(),
+            [10, 10, 5]
+        );
+        // Three 100 KiB bodies: two fit one batch, the third starts the next.
+        let big = "b".repeat(100 * 1024);
+        let bodies = vec![big.as_str(); 3];
+        let runs = send_runs(&bodies);
+        assert_eq!(runs.iter().map(|r| r.len()).collect::<Vec<_>>(), [2, 1]);
+        // A body over the cap alone goes alone, between its neighbours.
+        let huge = "h".repeat(MAX_BATCH_BYTES + 1);
+        let bodies = ["a", huge.as_str(), "c"];
+        let runs = send_runs(&bodies);
+        assert_eq!(runs.iter().map(|r| r.len()).collect::<Vec<_>>(), [1, 1, 1]);
+        assert!(send_runs::<&str>(&[]).is_empty());
+    }
 }

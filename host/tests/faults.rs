@@ -238,6 +238,13 @@ async fn sigterm_finishes_in_flight_batches_and_exits_0_promptly() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("stopped by a signal"), "{stdout}");
     assert!(!stdout.contains("drained"), "{stdout}");
+    // Right after exit, before SQS could return anything abandoned: nothing
+    // is in flight, and every message that left the queue is in the ledger.
+    let depth = queue.depth().await.unwrap();
+    assert_eq!(depth.in_flight, 0, "{depth:?}");
+    let db = query_client(&database).await;
+    let processed = count(&db, "SELECT count(*) FROM maskpipe_processed").await;
+    assert_eq!(processed, 2_020 - depth.visible as i64, "{depth:?}");
 
     // Whatever it had not finished is still in the queue; a later run
     // completes the work exactly once.

@@ -232,6 +232,7 @@ async fn the_pipeline_stays_up_and_dead_letters_only_the_poison() {
         "PRINT-sekrit42",
         "ANCIENT",
         "LEAKCODE",
+        "DETAIL-sekrit42",
     ] {
         bodies.push(login(marker));
     }
@@ -276,6 +277,7 @@ async fn the_pipeline_stays_up_and_dead_letters_only_the_poison() {
         reasons,
         [
             ("column_overflow".to_owned(), 2),
+            ("fixture_code".to_owned(), 1),
             ("transform_contract_violation".to_owned(), 3),
             ("transform_trap".to_owned(), 4)
         ]
@@ -308,7 +310,7 @@ async fn the_pipeline_stays_up_and_dead_letters_only_the_poison() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(unsealed.len(), 9);
+    assert_eq!(unsealed.len(), 10);
     for secret in [
         "sekrit42",
         "199.172.111.135",
@@ -320,4 +322,22 @@ async fn the_pipeline_stays_up_and_dead_letters_only_the_poison() {
             "{secret} unsealed: {unsealed:?}"
         );
     }
+    // The component's own detail, which quoted the body, is kept sealed:
+    // the key holder opens it with the dead letter's message id.
+    let sealed = db
+        .query_one(
+            "SELECT message_id, detail_sealed FROM maskpipe_dead_letters \
+             WHERE reason = 'fixture_code'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let detail = keyring()
+        .reveal(sealed.get(1), Some(sealed.get(0)))
+        .unwrap();
+    assert!(
+        String::from_utf8(detail)
+            .unwrap()
+            .contains("DETAIL-sekrit42")
+    );
 }

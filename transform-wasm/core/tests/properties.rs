@@ -1,6 +1,8 @@
 //! Properties of the login transform over arbitrary input: it never panics,
 //! every message ends as a row or a rejection, and every row fits its table.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
+
 use login_core::{MaskBoth, Protected, Row, transform, unpack};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -55,6 +57,102 @@ fn login_like() -> impl Strategy<Value = Value> {
     })
 }
 
+/// An `ip` that parses: IPv4, or IPv6 as formatted, in upper case, or
+/// written out in full (all forms the transform must canonicalise).
+fn valid_ip() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<Ipv4Addr>().prop_map(|ip| ip.to_string()),
+        any::<Ipv6Addr>().prop_map(|ip| ip.to_string()),
+        any::<Ipv6Addr>().prop_map(|ip| ip.to_string().to_uppercase()),
+        any::<Ipv6Addr>().prop_map(|ip| {
+            let parts: Vec<String> = ip.segments().iter().map(|s| format!("{s:04x}")).collect();
+            parts.join(":")
+        }),
+    ]
+}
+
+/// An `app_version` that parses: one to three parts of one or two digits.
+fn valid_app_version() -> impl Strategy<Value = String> {
+    let part = prop_oneof![
+        (0u8..10).prop_map(|n| n.to_string()),
+        (0u8..100).prop_map(|n| format!("{n:02}")),
+    ];
+    prop::collection::vec(part, 1..=3).prop_map(|parts| parts.join("."))
+}
+
+/// Non-control Unicode of up to `max` characters (up to 4 bytes each).
+fn unicode(max: usize) -> impl Strategy<Value = String> {
+    prop::string::string_regex(&format!("\\PC{{0,{max}}}")).expect("a valid regex")
+}
+
+/// A login every field of which the table can take, with Unicode ids at
+/// their character limits, `device_id` up to its 128-byte limit, and other
+/// keys (any JSON) around the login's own.
+fn valid_login() -> impl Strategy<Value = Value> {
+    (
+        unicode(128),
+        unicode(32),
+        valid_ip(),
+        // 32 characters of up to 4 bytes: at most 128 bytes.
+        unicode(32),
+        valid_app_version(),
+        prop::option::of(unicode(32)),
+        prop::collection::btree_map("[a-z_]{1,12}", any_json(), 0..4),
+    )
+        .prop_map(
+            |(user_id, device_type, ip, device_id, app_version, locale, extra)| {
+                let mut object: Map<String, Value> = extra
+                    .into_iter()
+                    .filter(|(key, _)| !LOGIN_FIELDS.contains(&key.as_str()))
+                    .collect();
+                object.insert("user_id".into(), json!(user_id));
+                object.insert("device_type".into(), json!(device_type));
+                object.insert("ip".into(), json!(ip));
+                object.insert("device_id".into(), json!(device_id));
+                object.insert("app_version".into(), json!(app_version));
+                if let Some(locale) = locale {
+                    object.insert("locale".into(), json!(locale));
+                }
+                Value::Object(object)
+            },
+        )
+}
+
+/// A valid login with one text field replaced by Unicode around its limit
+/// (a few characters either side), so both the rows at the limit and the
+/// refusals just past it are reached.
+fn login_near_the_limits() -> impl Strategy<Value = Value> {
+    let field = prop_oneof![
+        Just(("user_id", 120usize, 136usize)),
+        Just(("device_type", 28, 36)),
+        Just(("locale", 28, 36)),
+        // Bytes count here: 30-36 characters of 1-4 bytes straddle 128 bytes.
+        Just(("device_id", 30, 36)),
+    ];
+    (valid_login(), field)
+        .prop_flat_map(|(login, (name, low, high))| {
+            let text = prop::string::string_regex(&format!("\\PC{{{low},{high}}}"))
+                .expect("a valid regex");
+            (Just(login), Just(name), text)
+        })
+        .prop_map(|(mut login, name, text)| {
+            login[name] = json!(text);
+            login
+        })
+}
+
+const LOGIN_FIELDS: [&str; 6] = [
+    "user_id",
+    "app_version",
+    "device_type",
+    "ip",
+    "locale",
+    "device_id",
+];
+
+/// A timestamp chrono can date (1970 to 2100).
+const LATEST_MS: u64 = 4_102_444_800_000;
+
 fn check_row_fits(row: &Row) {
     assert!(row.user_id.chars().count() <= 128);
     assert!(row.device_type.chars().count() <= 32);
@@ -69,6 +167,44 @@ fn check_row_fits(row: &Row) {
     }
 }
 
+/// Values around their limits give rows that fit, or `value_too_long`; both
+/// are reached often (counted over 2,000 cases).
+#[test]
+fn values_around_their_limits_give_fitting_rows_or_value_too_long() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (rows, refused) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 2_000,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(
+            &(login_near_the_limits(), 0..=LATEST_MS),
+            |(value, sent)| {
+                match run(&value.to_string(), sent) {
+                    Ok(row) => {
+                        check_row_fits(&row);
+                        rows.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(rejection) => {
+                        prop_assert_eq!(rejection.code, "value_too_long", "{}", value);
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+    let (rows, refused) = (rows.into_inner(), refused.into_inner());
+    println!("{rows} rows, {refused} refused as too long");
+    // At least a quarter of the 2,000 cases each way.
+    assert!(
+        rows >= 500 && refused >= 500,
+        "{rows} rows, {refused} refused"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2_000))]
 
@@ -81,6 +217,16 @@ proptest! {
     fn arbitrary_json_never_panics(value in any_json(), sent in any::<u64>()) {
         if let Ok(row) = run(&value.to_string(), sent) {
             check_row_fits(&row);
+        }
+    }
+
+    #[test]
+    fn valid_logins_always_give_rows_that_fit(value in valid_login(), sent in 0..=LATEST_MS) {
+        // Every field is valid, so a rejection is a bug; the row then has to
+        // fit the table.
+        match run(&value.to_string(), sent) {
+            Ok(row) => check_row_fits(&row),
+            Err(rejection) => prop_assert!(false, "{value} was refused: {rejection:?}"),
         }
     }
 
@@ -109,5 +255,31 @@ proptest! {
         let unpacked: Vec<_> = unpack(&bodies, &ends, &sent).collect();
         let expected: Vec<_> = messages.iter().map(|(body, sent)| Ok((body.as_str(), *sent))).collect();
         prop_assert_eq!(unpacked, expected);
+    }
+
+    #[test]
+    fn arbitrary_offsets_and_timestamps_give_one_result_per_entry(
+        bodies in ".{0,80}",
+        // Small ends land inside the text, often inside a character, in any
+        // order; large ones lie past it. Their count need not match the
+        // timestamps'.
+        ends in prop::collection::vec(prop_oneof![3 => 0u32..90, 1 => any::<u32>()], 0..12),
+        sent in prop::collection::vec(any::<u64>(), 0..12),
+    ) {
+        let unpacked: Vec<_> = unpack(&bodies, &ends, &sent).collect();
+        prop_assert_eq!(unpacked.len(), ends.len());
+        // Entry i is the text from the previous end to its own, with its
+        // timestamp, or `malformed_batch` where either does not exist.
+        let mut start = 0usize;
+        for (index, (&end, result)) in ends.iter().zip(&unpacked).enumerate() {
+            let end = end as usize;
+            let expected = bodies.get(start..end).zip(sent.get(index).copied());
+            start = end;
+            match (result, expected) {
+                (Ok(got), Some(expected)) => prop_assert_eq!(*got, expected),
+                (Err(rejection), None) => prop_assert_eq!(rejection.code, "malformed_batch"),
+                (got, expected) => prop_assert!(false, "entry {index}: {got:?}, expected {expected:?}"),
+            }
+        }
     }
 }

@@ -102,28 +102,73 @@ async fn postgres_stopped_mid_run_is_waited_out() {
     let bodies = unique_logins("pgdown", 4_000, 40);
     queue.send(&bodies).await.unwrap();
 
-    let mut host = spawn_host(queue.queue_url(), &database, &["--pollers", "4", "--drain"]);
-    wait_until_processed(&database, 200, Duration::from_secs(60)).await;
-    private.stack("postgres-down");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(
-        host.try_wait().unwrap().is_none(),
-        "the host exited while the database was down"
+    let mut command = drain_command(
+        queue.queue_url(),
+        &database,
+        &component_path(),
+        &["--pollers", "4"],
     );
-    private.stack("postgres-up");
-    let at_restart = try_count(&database, "SELECT count(*) FROM maskpipe_processed").await;
+    command.stdout(std::process::Stdio::piped());
+    let host = command.spawn().expect("maskpipe could not be started");
+    wait_until_processed(&database, 200, Duration::from_secs(60)).await;
+    // A real count (an error fails the test): the outage must start mid-run.
+    let at_outage = count(
+        &query_client(&database).await,
+        "SELECT count(*) FROM maskpipe_processed",
+    )
+    .await;
+    private.stack("postgres-down");
     assert!(
-        at_restart < 4_040,
+        at_outage < 4_040,
         "the database stopped after the work was done"
     );
+    println!("{at_outage} of 4040 processed when PostgreSQL stopped");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    private.stack("postgres-up");
 
-    let status = tokio::time::timeout(Duration::from_secs(120), host.wait())
+    // The same host finishes everything: no second host drains after it.
+    let output = tokio::time::timeout(Duration::from_secs(120), host.wait_with_output())
         .await
-        .unwrap()
+        .expect("the host never finished after the database came back")
         .unwrap();
-    assert!(status.success());
-    drain_until_empty(&queue, &database, None).await;
+    assert!(output.status.success(), "{}", output.status);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    // Each message received once: no batch was abandoned to SQS and
+    // redelivered while the database was down.
+    assert!(
+        stdout.contains("queue drained") && stdout.contains("messages received   4040\n"),
+        "{stdout}"
+    );
+    let depth = queue.depth().await.unwrap();
+    assert_eq!(depth.visible + depth.in_flight, 0, "{depth:?}");
     assert_exactly_once(&database, 4_000, 40).await;
+}
+
+/// Whether an HTTP server at `endpoint` answers within `limit` (a frozen
+/// process accepts connections in the kernel's backlog but never answers).
+async fn answers_within(endpoint: &str, limit: Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = endpoint.trim_start_matches("http://");
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        stream
+            .write_all(b"GET /_localstack/health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .ok()?;
+        let mut first = [0u8; 12];
+        let read = stream.read(&mut first).await.ok()?;
+        Some(first[..read].starts_with(b"HTTP/"))
+    };
+    matches!(tokio::time::timeout(limit, probe).await, Ok(Some(true)))
+}
+
+fn signal_pid(pid: &str, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([name, pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {name} {pid}: {status}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -140,19 +185,21 @@ async fn sqs_paused_mid_run_is_waited_out() {
         &["--pollers", "4"],
     );
     wait_until_processed(&database, 200, Duration::from_secs(60)).await;
+    assert!(answers_within(&endpoint, Duration::from_secs(5)).await);
     // Freeze the server: requests hang, then time out, as in a network fault.
     let pid = private.localstack_pid();
-    std::process::Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap();
-    let at_pause = try_count(&database, "SELECT count(*) FROM maskpipe_processed").await;
+    signal_pid(&pid, "-STOP");
+    let at_pause = count(
+        &query_client(&database).await,
+        "SELECT count(*) FROM maskpipe_processed",
+    )
+    .await;
     assert!(at_pause < 4_040, "SQS paused after the work was done");
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    std::process::Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The pause is real: the server does not answer.
+    let answered = answers_within(&endpoint, Duration::from_secs(1)).await;
+    signal_pid(&pid, "-CONT");
+    assert!(!answered, "SQS still answered while stopped");
     assert!(
         host.try_wait().unwrap().is_none(),
         "the host exited while SQS was paused"
@@ -165,6 +212,10 @@ async fn sqs_paused_mid_run_is_waited_out() {
         .unwrap()
         .unwrap();
     assert!(status.success());
+    // The paused host wrote everything exactly once; what is left in the
+    // queue can only be committed messages whose delete failed in the pause,
+    // which a later run skips.
+    assert_exactly_once(&database, 4_000, 40).await;
     drain_until_empty(&queue, &database, Some(&endpoint)).await;
     assert_exactly_once(&database, 4_000, 40).await;
 }
@@ -269,17 +320,17 @@ async fn a_batch_slower_than_the_visibility_timeout_is_kept_invisible() {
         .unwrap();
     queue.send(&unique_logins("slow", 10, 0)).await.unwrap();
 
+    // One poller: it is stuck in the slow batch, so a message whose
+    // visibility lapsed would show as visible, not be taken (and counted in
+    // flight) by another poller.
     let command = drain_command(
         queue.queue_url(),
         &database,
         &component_path(),
-        &["--pollers", "3"],
+        &["--pollers", "1"],
     );
     let host = tokio::spawn(run_with_limit(command, Duration::from_secs(60)));
     tokio::time::sleep(Duration::from_secs(6)).await;
-    // Without the extension, SQS would have handed the batch to the other
-    // pollers by now; they would still be waiting on the lock, or would have
-    // found the ledger's row claimed.
     let depth = queue.depth().await.unwrap();
     assert_eq!(
         depth.visible, 0,
@@ -294,6 +345,8 @@ async fn a_batch_slower_than_the_visibility_timeout_is_kept_invisible() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // Received once each: never redelivered.
+    assert!(stdout.contains("messages received   10\n"), "{stdout}");
     assert!(stdout.contains("duplicates skipped  0"), "{stdout}");
     assert_eq!(queue.depth().await.unwrap().in_flight, 0);
     assert_exactly_once(&database, 10, 0).await;

@@ -28,7 +28,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
 
 use crate::masking::Keyring;
 use crate::record::{Outcome, Rejection, reason};
@@ -212,7 +212,16 @@ impl Transform {
         store.limiter(|state| &mut state.limiter);
         // Yield at every tick: a busy component shares the executor thread
         // instead of holding it, and its caller's timeout gets to run.
-        store.epoch_deadline_async_yield_and_update(1);
+        // Through tokio's `yield_now`, which wakes the component only after
+        // the runtime has polled its sockets and timers: a plain yield puts
+        // it straight back on the thread, and I/O (`/healthz`, SQS,
+        // PostgreSQL) then waits up to 61 ticks, about 600 ms.
+        store.epoch_deadline_callback(|_| {
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        });
         let instance = tokio::time::timeout(
             self.limits.instantiate_budget(),
             self.pre.instantiate_async(&mut store),

@@ -8,9 +8,17 @@ use std::time::Duration;
 use common::*;
 use tokio::io::AsyncBufReadExt;
 
-/// Starts a host with `--metrics-addr 127.0.0.1:0` and returns it with the
-/// address it bound (read from its log).
-async fn host_with_metrics(queue_url: &str, database: &str) -> (tokio::process::Child, String) {
+/// Starts a host with `--metrics-addr 127.0.0.1:0` at `--log trace` and
+/// returns it with the address it bound (read from its log) and its whole
+/// stderr, complete once it exits.
+async fn host_with_metrics(
+    queue_url: &str,
+    database: &str,
+) -> (
+    tokio::process::Child,
+    String,
+    tokio::task::JoinHandle<String>,
+) {
     let mut host = maskpipe()
         .args([
             "run",
@@ -30,8 +38,11 @@ async fn host_with_metrics(queue_url: &str, database: &str) -> (tokio::process::
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(host.stderr.take().unwrap()).lines();
+    let mut log = String::new();
     let addr = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await.unwrap() {
+            log.push_str(&line);
+            log.push('\n');
             if let Some(rest) = line.split("on http://").nth(1) {
                 return rest.split_whitespace().next().unwrap().to_owned();
             }
@@ -40,9 +51,15 @@ async fn host_with_metrics(queue_url: &str, database: &str) -> (tokio::process::
     })
     .await
     .unwrap();
-    // Keep draining its log so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (host, addr)
+    // Keep reading its log, so it never blocks on a full pipe, and keep it.
+    let log = tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    (host, addr, log)
 }
 
 async fn get(addr: &str, path: &str) -> (u16, String) {
@@ -69,7 +86,7 @@ async fn metrics_and_probes_report_the_run_without_pii() {
     let queue = fresh_queue().await;
     let bodies = sample_bodies();
     queue.send(&bodies).await.unwrap();
-    let (mut host, addr) = host_with_metrics(queue.queue_url(), &database).await;
+    let (mut host, addr, log) = host_with_metrics(queue.queue_url(), &database).await;
 
     wait_until_processed(&database, 100, Duration::from_secs(60)).await;
     assert_eq!(get(&addr, "/healthz").await, (200, "ok\n".to_owned()));
@@ -98,17 +115,27 @@ async fn metrics_and_probes_report_the_run_without_pii() {
             "missing {expected} in\n{metrics}"
         );
     }
+    host.start_kill().unwrap();
+    host.wait().await.unwrap();
+    // Its whole stderr at `--log trace`, complete now that it has exited.
+    let log = log.await.unwrap();
+    println!("{} lines of log", log.lines().count());
+    assert!(log.contains("DEBUG"), "not a verbose log:\n{log}");
+    let mut secrets = 0;
     for body in &bodies {
         let Ok(value) = serde_json::from_str::<serde_json::Value>(body) else {
             continue;
         };
         for field in ["ip", "device_id"] {
             if let Some(secret) = value[field].as_str() {
+                secrets += 1;
                 assert!(!metrics.contains(secret), "plaintext PII in metrics");
+                let leaks: Vec<&str> = log.lines().filter(|l| l.contains(secret)).collect();
+                assert!(leaks.is_empty(), "plaintext {field} in the log: {leaks:#?}");
             }
         }
     }
-    host.start_kill().unwrap();
+    assert!(secrets >= 198, "only {secrets} values searched for");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -116,7 +143,8 @@ async fn readiness_follows_the_database() {
     let private = PrivateStack::new(3);
     private.stack("postgres-up");
     let queue = fresh_queue().await;
-    let (mut host, addr) = host_with_metrics(queue.queue_url(), &private.database_url()).await;
+    let (mut host, addr, _log) =
+        host_with_metrics(queue.queue_url(), &private.database_url()).await;
     assert_eq!(get(&addr, "/readyz").await.0, 200);
 
     private.stack("postgres-down");

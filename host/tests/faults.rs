@@ -309,7 +309,8 @@ async fn a_batch_slower_than_the_visibility_timeout_is_kept_invisible() {
     let queue = fresh_queue().await;
     set_visibility_timeout(&queue, None, 2).await;
     // Create the tables, then hold a lock that blocks inserts into user_logins:
-    // the first batch's transaction waits on it for 6 s, three timeouts.
+    // the batch's transaction waits on it for 6 s after it is received,
+    // three timeouts.
     let target = maskpipe::sink::Database::new(&database, None).unwrap();
     let mut sink = maskpipe::sink::PgSink::connect(&target).await.unwrap();
     sink.ensure_schema().await.unwrap();
@@ -330,10 +331,19 @@ async fn a_batch_slower_than_the_visibility_timeout_is_kept_invisible() {
         &["--pollers", "1"],
     );
     let host = tokio::spawn(run_with_limit(command, Duration::from_secs(60)));
+    // The clock starts once the batch is received, not when the host is
+    // spawned: a slow start on a loaded machine must not shorten the hold.
+    wait_for(
+        "the batch to be received",
+        Duration::from_secs(60),
+        async || queue.depth().await.unwrap().in_flight == 10,
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     let depth = queue.depth().await.unwrap();
     assert_eq!(
-        depth.visible, 0,
+        (depth.visible, depth.in_flight),
+        (0, 10),
         "the slow batch became visible again: {depth:?}"
     );
     lock.rollback().await.unwrap();

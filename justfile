@@ -145,9 +145,14 @@ reveal-dead-letters: host
 maskpipe *args: host
     @./target/release/maskpipe "$@"
 
-# Every test: unit, component (built .wasm in wasmtime) and integration (real PostgreSQL + SQS).
+# Every test: unit, component (built .wasm in wasmtime) and integration (real PostgreSQL + SQS); with no arguments, then every README command.
 test *args: up build-transform build-fixtures validate-deploy
     cargo test --release --workspace "$@"
+    @if [ "$#" -eq 0 ]; then scripts/readme-commands.sh; fi
+
+# Every shell command in README.md, each in a fresh shell without demo.env, against the local stack (the script lists what it skips).
+readme-commands: up build
+    scripts/readme-commands.sh
 
 # The benchmark suite: transform (wasm vs native), sink, end to end vs a no-op consumer, sweeps. Writes target/bench/summary.json and report.md.
 bench *args: up build

@@ -25,11 +25,11 @@ toolchain:
 
 # Start PostgreSQL and LocalStack SQS on 127.0.0.1 (installs them if missing).
 up:
-    scripts/stack.sh up
+    @scripts/stack.sh up
 
 # Stop what `just up` / `just run` started.
 down:
-    scripts/stack.sh down
+    @scripts/stack.sh down
 
 # Build every transform component and put its golden vectors beside it (NAME.vectors.jsonl), where hot swap looks for them.
 build-transform: toolchain
@@ -81,7 +81,7 @@ run *args: up build
 
 # Send the 100 sample messages to login-queue (creating it if missing); the next `just run` processes them.
 load: up host
-    ./target/release/maskpipe queue load --queue "$MASKPIPE_QUEUE" data/queue_bodies.jsonl
+    @./target/release/maskpipe queue load --queue "$MASKPIPE_QUEUE" data/queue_bodies.jsonl
 
 # Start the demo over: empty its tables and delete login-queue, which the next `just run` re-creates and seeds.
 reset: up

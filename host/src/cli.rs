@@ -400,10 +400,11 @@ fn print_summary(summary: &Summary, started: Instant, ending: &str, left: Option
         let per_message = usage::micros_per_message(summary.busy_cpu_seconds, summary.received)
             .map(|micros| format!(" ({micros:.1} µs per message)"))
             .unwrap_or_default();
+        // Total first: maskpipe-bench reads the first number of this line.
         let _ = writeln!(
             out,
-            "  cpu time            {:.3} s while batches were in flight{per_message}; \
-             {cpu_seconds:.3} s in all (startup and idle polls included)",
+            "  cpu time            {cpu_seconds:.3} s in all (startup and idle polls included); \
+             {:.3} s while batches were in flight{per_message}",
             summary.busy_cpu_seconds
         );
         let _ = writeln!(out, "  peak memory (RSS)   {peak_rss_mib:.1} MiB");

@@ -113,10 +113,12 @@ reset: up
     echo "emptied user_logins, maskpipe_processed and maskpipe_dead_letters in database maskpipe"
 
 # psql on the local stack's database; extra arguments pass through (e.g. just psql -c 'select 1').
+[no-exit-message]
 psql *args:
     @psql -X -h 127.0.0.1 -p "${MASKPIPE_PG_PORT:-25432}" -U postgres -d maskpipe "$@"
 
 # Reveal the masked ip and device_id of the demo database's first ROWS rows (by user_id), with demo.env's key.
+[no-exit-message]
 reveal rows="3": host
     #!/usr/bin/env bash
     set -euo pipefail
@@ -133,6 +135,7 @@ reveal rows="3": host
     [ "$found" = 1 ] || { echo "user_logins is empty: run \`just run --drain\` first" >&2; exit 1; }
 
 # Reveal the sealed body of every dead letter in the demo database, with demo.env's key.
+[no-exit-message]
 reveal-dead-letters: host
     #!/usr/bin/env bash
     set -euo pipefail
@@ -142,6 +145,7 @@ reveal-dead-letters: host
     done < <(just psql -tAc "select message_id, reason, body_sealed from maskpipe_dead_letters order by message_id")
 
 # The maskpipe command with demo.env's settings (its key, queue, database and LocalStack endpoint), e.g. just maskpipe dead-letters list.
+[no-exit-message]
 maskpipe *args: host
     @./target/release/maskpipe "$@"
 

@@ -1,6 +1,7 @@
 # maskpipe tasks. Every recipe installs and starts what it needs, idempotently.
 #   just run [--drain]   the full local stack, processing the sample queue
 #   just test            every test, against a real PostgreSQL, SQS and wasmtime
+#   just reset           start the demo over (empty its tables, delete its queue)
 
 # demo.env holds the local stack's settings (and a public demo key).
 set dotenv-load
@@ -24,11 +25,11 @@ toolchain:
 
 # Start PostgreSQL and LocalStack SQS on 127.0.0.1 (installs them if missing).
 up:
-    scripts/stack.sh up
+    @scripts/stack.sh up
 
 # Stop what `just up` / `just run` started.
 down:
-    scripts/stack.sh down
+    @scripts/stack.sh down
 
 # Build every transform component and put its golden vectors beside it (NAME.vectors.jsonl), where hot swap looks for them.
 build-transform: toolchain
@@ -52,33 +53,110 @@ build-fixtures: toolchain
 
 # Scaffold a new transform crate under transform-wasm/NAME that builds and passes its own vectors.
 new-transform name:
-    scripts/new-transform.sh "{{name}}"
+    @scripts/new-transform.sh "{{name}}"
 
 # Run a component's golden vectors in wasm isolation (default: NAME.vectors.jsonl beside it).
 test-transform component *vectors:
-    cargo build --release -p maskpipe
+    @cargo build --release --quiet -p maskpipe
     ./target/release/maskpipe transform test "$@"
 
 # Build the component and the host.
-build: build-transform
-    cargo build --release -p maskpipe
+build: build-transform host
+
+# Build the host alone.
+host:
+    @cargo build --release --quiet -p maskpipe
 
 # Run the full stack: seed login-queue with the sample once, then consume it (Ctrl-C to stop; --drain to exit when empty).
 run *args: up build
+    #!/usr/bin/env bash
+    set -euo pipefail
     ./target/release/maskpipe queue load --queue "$MASKPIPE_QUEUE" --if-created data/queue_bodies.jsonl
+    # Job control: on a terminal the host runs in a process group of its
+    # own that holds the terminal, so Ctrl-C reaches the host alone. just
+    # would otherwise see the SIGINT too and end "interrupted by SIGINT"
+    # (exit 130) even after the host shut down cleanly and exited 0.
+    set -m
     ./target/release/maskpipe run "$@"
 
-# Send the 100 sample messages to login-queue again.
-load:
-    ./target/release/maskpipe queue load --queue "$MASKPIPE_QUEUE" data/queue_bodies.jsonl
+# Send the 100 sample messages to login-queue (creating it if missing); the next `just run` processes them.
+load: up host
+    @./target/release/maskpipe queue load --queue "$MASKPIPE_QUEUE" data/queue_bodies.jsonl
+
+# Start the demo over: empty its tables and delete login-queue, which the next `just run` re-creates and seeds.
+reset: up
+    #!/usr/bin/env bash
+    set -euo pipefail
+    psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "${MASKPIPE_PG_PORT:-25432}" -U postgres -d maskpipe <<'SQL'
+    -- Only the tables that exist: before the first run there are none.
+    do $$
+    declare t text;
+    begin
+        foreach t in array array['user_logins', 'maskpipe_processed', 'maskpipe_dead_letters'] loop
+            if to_regclass(t) is not null then
+                execute format('truncate %I', t);
+            end if;
+        end loop;
+    end $$;
+    SQL
+    # LocalStack answers unsigned SQS requests (this is for the demo's
+    # local queue only); a queue that does not exist is already reset.
+    sqs() {
+        curl -sS -X POST "$AWS_ENDPOINT_URL/" -H 'Content-Type: application/x-amz-json-1.0' \
+            -H "X-Amz-Target: AmazonSQS.$1" -d "$2"
+    }
+    url="$(sqs GetQueueUrl "{\"QueueName\": \"$MASKPIPE_QUEUE\"}" | sed -n 's/.*"QueueUrl": *"\([^"]*\)".*/\1/p')"
+    if [ -n "$url" ]; then
+        sqs DeleteQueue "{\"QueueUrl\": \"$url\"}" >/dev/null
+        echo "deleted queue $MASKPIPE_QUEUE"
+    fi
+    echo "emptied user_logins, maskpipe_processed and maskpipe_dead_letters in database maskpipe"
 
 # psql on the local stack's database; extra arguments pass through (e.g. just psql -c 'select 1').
+[no-exit-message]
 psql *args:
-    psql -X -h 127.0.0.1 -p "${MASKPIPE_PG_PORT:-25432}" -U postgres -d maskpipe "$@"
+    @psql -X -h 127.0.0.1 -p "${MASKPIPE_PG_PORT:-25432}" -U postgres -d maskpipe "$@"
 
-# Every test: unit, component (built .wasm in wasmtime) and integration (real PostgreSQL + SQS).
+# Reveal the masked ip and device_id of the demo database's first ROWS rows (by user_id), with demo.env's key.
+[no-exit-message]
+reveal rows="3": host
+    #!/usr/bin/env bash
+    set -euo pipefail
+    [[ "{{rows}}" =~ ^[0-9]+$ ]] || { echo "usage: just reveal [ROWS]" >&2; exit 2; }
+    found=0
+    while IFS='|' read -r user ip device; do
+        found=1
+        plain_ip="$(./target/release/maskpipe reveal --field ip "$ip")"
+        plain_device="$(./target/release/maskpipe reveal --field device_id "$device")"
+        echo "$user  ip $plain_ip  device_id $plain_device"
+        echo "    masked_ip $ip"
+        echo "    masked_device_id $device"
+    done < <(just psql -tAc "select user_id, masked_ip, masked_device_id from user_logins order by user_id, masked_ip limit {{rows}}")
+    [ "$found" = 1 ] || { echo "user_logins is empty: run \`just run --drain\` first" >&2; exit 1; }
+
+# Reveal the sealed body of every dead letter in the demo database, with demo.env's key.
+[no-exit-message]
+reveal-dead-letters: host
+    #!/usr/bin/env bash
+    set -euo pipefail
+    while IFS='|' read -r id reason body; do
+        plain="$(./target/release/maskpipe reveal --message-id "$id" "$body")"
+        echo "$id ($reason): $plain"
+    done < <(just psql -tAc "select message_id, reason, body_sealed from maskpipe_dead_letters order by message_id")
+
+# The maskpipe command with demo.env's settings (its key, queue, database and LocalStack endpoint), e.g. just maskpipe dead-letters list.
+[no-exit-message]
+maskpipe *args: host
+    @./target/release/maskpipe "$@"
+
+# Every test: unit, component (built .wasm in wasmtime) and integration (real PostgreSQL + SQS); with no arguments, then every README command.
 test *args: up build-transform build-fixtures validate-deploy
     cargo test --release --workspace "$@"
+    @if [ "$#" -eq 0 ]; then scripts/readme-commands.sh; fi
+
+# Every shell command in README.md, each in a fresh shell without demo.env, against the local stack (the script lists what it skips).
+readme-commands: up build
+    scripts/readme-commands.sh
 
 # The benchmark suite: transform (wasm vs native), sink, end to end vs a no-op consumer, sweeps. Writes target/bench/summary.json and report.md.
 bench *args: up build

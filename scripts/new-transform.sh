@@ -93,8 +93,25 @@ fn the_built_component_passes_its_vectors() {
 RUST
 
 cp "$root/transform-wasm/vectors.jsonl" "$dir/vectors.jsonl"
+# The workspace's Cargo.toml lists its members and holds every release
+# profile: the new crate joins both, with the shipped transforms' size and
+# speed settings (without them it keeps the host's debug line tables: ~3 MB).
 sed -i "s|^    # new transforms are inserted above this line|    \"transform-wasm/$name\",\n&|" "$root/Cargo.toml"
+cat >>"$root/Cargo.toml" <<TOML
 
-echo "created transform-wasm/$name ($crate). Next:"
+[profile.release.package.$crate]
+opt-level = 3
+codegen-units = 1
+debug = false
+strip = "debuginfo"
+TOML
+
+echo "created transform-wasm/$name ($crate):"
+echo "  transform-wasm/$name/Cargo.toml, src/lib.rs (the policy), src/component.rs, tests/vectors.rs"
+echo "  transform-wasm/$name/vectors.jsonl (a copy of the reference's golden vectors)"
+echo "changed Cargo.toml (the workspace's):"
+echo "  members += \"transform-wasm/$name\""
+echo "  [profile.release.package.$crate] (the shipped transforms' release settings)"
+echo "Next:"
 echo "  just build-transform                     # builds target/wasm32-wasip2/release/$file.wasm"
 echo "  cargo test --release -p $crate          # runs its vectors in wasmtime"

@@ -73,7 +73,20 @@ pub async fn inspect(component: &Path) -> Result<String> {
         let component_type = parsed.component_type();
         let _ = writeln!(out, "\nimports");
         for (name, item) in component_type.imports(&engine) {
-            let _ = writeln!(out, "  {name} ({})", kind(&item.ty));
+            // maskpipe:transform/types is imported for its type definitions
+            // alone: say so, or it reads as a call into maskpipe.
+            let types_only = match &item.ty {
+                ComponentItem::ComponentInstance(instance) => !instance
+                    .exports(&engine)
+                    .any(|(_, export)| matches!(export.ty, ComponentItem::ComponentFunc(_))),
+                _ => false,
+            };
+            let note = if types_only {
+                ": type definitions only, no functions"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "  {name} ({}{note})", kind(&item.ty));
         }
         let _ = writeln!(out, "exports");
         for (name, item) in component_type.exports(&engine) {

@@ -21,6 +21,7 @@ use crate::pipeline::{Pipeline, Summary};
 use crate::runtime::{self, short};
 use crate::source::SqsSource;
 use crate::swap::{self, Reloader, SwapStats};
+use crate::usage;
 
 #[derive(Parser, Debug)]
 #[command(name = "maskpipe", version, about, long_about = None)]
@@ -115,7 +116,9 @@ pub enum QueueCommand {
 /// Libraries that could log raw requests or rows (message bodies, PII) at
 /// debug or trace: capped whatever the configured filter says.
 const CAPPED_TARGETS: &[&str] = &[
-    "aws_config=warn",
+    // Its warnings (IMDS unreachable, one per provider tried) would come
+    // before, and repeat, the one error line that names the real problem.
+    "aws_config=error",
     "aws_smithy_runtime=warn",
     "aws_smithy_http_client=info",
     "aws_smithy_runtime_api=info",
@@ -131,6 +134,58 @@ const CAPPED_TARGETS: &[&str] = &[
     "cranelift_codegen=info",
     "notify=info",
 ];
+
+/// clap's own outcome when parsing did not give a command: `--help` and
+/// `--version` print as clap prints them and exit 0; anything else is bad
+/// configuration, reported like every other one: one `maskpipe: error:`
+/// line and exit code 1 (not clap's several lines and exit code 2).
+pub fn report_usage_error(error: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = error.print();
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("maskpipe: error: {}", usage_error_line(error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// clap's message on one line: its first paragraph (the error and, for
+/// missing arguments, their names), then where to read more. clap's "Usage:"
+/// and tip paragraphs follow a blank line and are left out.
+pub fn usage_error_line(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let mut paragraph = rendered
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    if let Some(rest) = paragraph.strip_prefix("error: ") {
+        paragraph = rest.to_owned();
+    }
+    if paragraph.is_empty() {
+        "invalid command line (see --help)".to_owned()
+    } else {
+        format!("{paragraph} (see --help)")
+    }
+}
+
+/// An error's text on one line: some causes (the AWS SDK's credential
+/// chain) list their parts on lines of their own.
+pub fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines().map(str::trim).filter(|line| !line.is_empty()) {
+        if !out.is_empty() {
+            out.push_str(if out.ends_with(':') { " " } else { "; " });
+        }
+        out.push_str(line);
+    }
+    out
+}
 
 pub fn init_logging(cli: &Cli) {
     let mut filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
@@ -338,46 +393,22 @@ fn print_summary(summary: &Summary, started: Instant, ending: &str, left: Option
             summary.active_seconds
         );
     }
-    if let Some((cpu_seconds, peak_rss_mib)) = process_usage() {
-        let per_message = if summary.received > 0 {
-            format!(
-                " ({:.1} µs per message)",
-                cpu_seconds * 1e6 / summary.received as f64
-            )
-        } else {
-            String::new()
-        };
-        let _ = writeln!(out, "  cpu time            {cpu_seconds:.3} s{per_message}");
+    if let Some((cpu_seconds, peak_rss_mib)) = usage::process_usage() {
+        // Per message: only the CPU used while batches were in flight, so
+        // that startup, hot swaps and idle hours of long polls do not
+        // inflate it (a long-running host's total over its messages would).
+        let per_message = usage::micros_per_message(summary.busy_cpu_seconds, summary.received)
+            .map(|micros| format!(" ({micros:.1} µs per message)"))
+            .unwrap_or_default();
+        // Total first: maskpipe-bench reads the first number of this line.
+        let _ = writeln!(
+            out,
+            "  cpu time            {cpu_seconds:.3} s in all (startup and idle polls included); \
+             {:.3} s while batches were in flight{per_message}",
+            summary.busy_cpu_seconds
+        );
         let _ = writeln!(out, "  peak memory (RSS)   {peak_rss_mib:.1} MiB");
     }
-}
-
-/// This process's CPU time (user + system, seconds) and peak RSS (MiB).
-fn process_usage() -> Option<(f64, f64)> {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes a complete rusage into the pointer it is given.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } != 0 {
-        return None;
-    }
-    // SAFETY: initialised by the successful call above.
-    let usage = unsafe { usage.assume_init() };
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    // Linux's ru_maxrss (KiB) survives exec: a process spawned by a large
-    // parent reports the parent's peak. VmHWM belongs to this image alone.
-    let peak_kib = vm_hwm_kib().unwrap_or(usage.ru_maxrss as f64);
-    Some((
-        seconds(usage.ru_utime) + seconds(usage.ru_stime),
-        peak_kib / 1024.0,
-    ))
-}
-
-/// Peak resident set size of this process image, from `/proc` (Linux).
-fn vm_hwm_kib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))?;
-    line.trim().strip_suffix("kB")?.trim().parse().ok()
 }
 
 fn reveal(args: RevealArgs) -> Result<ExitCode> {
@@ -401,13 +432,15 @@ fn reveal(args: RevealArgs) -> Result<ExitCode> {
         ids.dedup();
         if !ids.is_empty() {
             anyhow::bail!(
-                "no masking key: set MASKPIPE_MASTER_KEY (and MASKPIPE_KEY_ID) or \
-                 MASKPIPE_RETIRED_KEYS to the key with id {}",
-                ids.join(", ")
+                "no masking key: the values were masked with key id {ids}; set \
+                 MASKPIPE_MASTER_KEY to that key with MASKPIPE_KEY_ID={first} (or add \
+                 {first}=KEY to MASKPIPE_RETIRED_KEYS); a new key opens nothing",
+                ids = ids.join(", "),
+                first = ids[0],
             );
         }
     }
-    let keyring = args.keys.keyring()?;
+    let keyring = args.keys.keyring_to_open()?;
     let mut failed = false;
     let mut out = std::io::stdout().lock();
     for value in values {
@@ -484,6 +517,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn usage_errors_are_one_line_without_clap_prefix() {
+        for args in [
+            vec!["maskpipe", "run", "--pollers", "lots"],
+            vec!["maskpipe", "run", "--no-such-flag"],
+            vec!["maskpipe", "keygen", "extra"],
+            vec!["maskpipe"],
+        ] {
+            let error = Cli::try_parse_from(&args).unwrap_err();
+            let line = usage_error_line(&error);
+            assert!(!line.contains('\n'), "{line}");
+            assert!(!line.starts_with("error"), "{line}");
+            assert!(line.ends_with(')'), "{line}");
+        }
+        let error = Cli::try_parse_from(["maskpipe", "run", "--pollers", "lots"]).unwrap_err();
+        assert!(usage_error_line(&error).contains("'lots'"));
+    }
+
+    #[test]
+    fn multi_line_errors_become_one_line() {
+        assert_eq!(
+            one_line("no credentials. Attempted:\n  Environment: not set\n  Profile: none\n"),
+            "no credentials. Attempted: Environment: not set; Profile: none"
+        );
+        assert_eq!(one_line("one line"), "one line");
+    }
+
+    #[test]
     fn keys_and_passwords_never_show_in_debug_output() {
         let key = "5ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2";
         let retired = format!("old={}", "0f".repeat(32));
@@ -521,17 +581,5 @@ mod tests {
             }
             assert!(debug.contains("<redacted>"), "{debug}");
         }
-    }
-
-    #[test]
-    #[cfg(target_os = "linux")]
-    fn peak_rss_is_read_from_proc() {
-        let ballast = vec![1u8; 8 << 20];
-        std::hint::black_box(&ballast);
-        let kib = vm_hwm_kib().expect("VmHWM in /proc/self/status");
-        assert!(kib >= 8.0 * 1024.0, "{kib} KiB");
-        // The summary reports the same (monotonic) figure, read a moment later.
-        let (_, peak_mib) = process_usage().expect("getrusage");
-        assert!(peak_mib * 1024.0 >= kib, "{peak_mib} MiB < {kib} KiB");
     }
 }

@@ -75,10 +75,24 @@ pub struct KeyArgs {
 }
 
 impl KeyArgs {
+    /// The keys to mask with (`run`): a new key will do.
     pub fn keyring(&self) -> Result<Arc<Keyring>> {
-        let master = self.master_key.as_ref().context(
+        self.keyring_or(
             "no masking key: set MASKPIPE_MASTER_KEY (generate one with `maskpipe keygen`)",
-        )?;
+        )
+    }
+
+    /// The keys to open existing values with (`reveal`, `dead-letters
+    /// replay`): only the key that masked them will do, so no keygen advice.
+    pub fn keyring_to_open(&self) -> Result<Arc<Keyring>> {
+        self.keyring_or(
+            "no masking key: set MASKPIPE_MASTER_KEY and MASKPIPE_KEY_ID to the key that \
+             masked the values (a new key opens nothing)",
+        )
+    }
+
+    fn keyring_or(&self, missing: &'static str) -> Result<Arc<Keyring>> {
+        let master = self.master_key.as_ref().context(missing)?;
         let master =
             MasterKey::parse(master.expose()).context("MASKPIPE_MASTER_KEY is unusable")?;
         let retired = match &self.retired_keys {
@@ -340,6 +354,10 @@ mod tests {
         };
         let missing = keys(None).keyring().unwrap_err();
         assert!(format!("{missing:#}").contains("MASKPIPE_MASTER_KEY"));
+        // Opening old values: a new key would open nothing, so no keygen advice.
+        let to_open = format!("{:#}", keys(None).keyring_to_open().unwrap_err());
+        assert!(to_open.contains("the key that masked"), "{to_open}");
+        assert!(!to_open.contains("keygen"), "{to_open}");
         let short = keys(Some("deadbeef")).keyring().unwrap_err();
         assert!(format!("{short:#}").contains("32 bytes"), "{short:#}");
         assert!(!format!("{short:#}").contains("deadbeef"));

@@ -236,7 +236,7 @@ async fn replay(args: &ReplayArgs) -> Result<ExitCode> {
         bail!("say what to replay: --reason, --id, --since, --until, or --all");
     }
     // Everything local first: a bad key must not cost a connection.
-    let keyring = args.keys.keyring()?;
+    let keyring = args.keys.keyring_to_open()?;
     let database = args.database.database()?;
     let source = SqsSource::connect(&args.queue).await?;
     let mut sink = PgSink::connect(&database).await?;

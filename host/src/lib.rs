@@ -22,6 +22,7 @@
 //! * [`swap`]: which component runs: validation, file watching, hot swap.
 //! * [`ops`]: Prometheus metrics, `/healthz` and `/readyz`.
 //! * [`config`] and [`cli`]: settings from the environment and flags; commands.
+//! * [`usage`]: the process's CPU time and peak memory, for the run's summary.
 //! * [`vectors`] and [`author`]: golden vectors and the transform author's kit.
 
 pub mod author;
@@ -39,4 +40,5 @@ pub mod sink;
 pub mod source;
 pub mod swap;
 pub mod tls;
+pub mod usage;
 pub mod vectors;

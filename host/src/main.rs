@@ -13,7 +13,10 @@ fn main() -> ExitCode {
             .unwrap_or_default();
         eprintln!("maskpipe: internal error: a thread panicked{at}");
     }));
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return cli::report_usage_error(&error),
+    };
     cli::init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -29,7 +32,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             // One line, whole cause chain: what an operator needs at startup.
-            eprintln!("maskpipe: error: {error:#}");
+            eprintln!("maskpipe: error: {}", cli::one_line(&format!("{error:#}")));
             ExitCode::FAILURE
         }
     }

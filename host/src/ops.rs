@@ -97,6 +97,23 @@ pub fn install_recorder() -> Result<PrometheusHandle> {
         LEDGER_PRUNED,
         "Ledger rows deleted because they outlived the retention"
     );
+    // Present at 0 from the first scrape, as Prometheus expects (a counter
+    // born at its first event hides that event from rate() and alerts).
+    // Dead letters are labelled by reason codes a component declares at
+    // load, so they appear with their first occurrence.
+    for counter in [
+        RECEIVED,
+        ROWS,
+        DUPLICATES,
+        DELETES_FAILED,
+        POLLER_RESTARTS,
+        LEDGER_PRUNED,
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
+    for result in ["succeeded", "failed"] {
+        metrics::counter!(SWAPS, "result" => result).increment(0);
+    }
     Ok(handle)
 }
 

@@ -27,6 +27,7 @@ use crate::record::{Outcome, Rejection, reason};
 use crate::runtime::{Transform, Worker};
 use crate::sink::{Database, PgSink, Processed, WriteReport};
 use crate::source::{Received, SqsSource};
+use crate::usage::BusyCpu;
 
 /// How a pipeline runs (see `config` for the settings behind these).
 #[derive(Debug, Clone)]
@@ -70,6 +71,8 @@ pub struct Stats {
     /// From the first message received to the last batch finished: the
     /// window throughput is measured over (startup and idle polls excluded).
     active: Mutex<Option<(Instant, Instant)>>,
+    /// CPU used while batches were in flight (the summary's per-message figure).
+    busy_cpu: BusyCpu,
 }
 
 /// What a run did.
@@ -83,6 +86,8 @@ pub struct Summary {
     pub dead_letters_by_reason: BTreeMap<String, u64>,
     /// Seconds from the first message received to the last batch finished.
     pub active_seconds: f64,
+    /// Process CPU seconds used while at least one batch was in flight.
+    pub busy_cpu_seconds: f64,
 }
 
 impl Stats {
@@ -126,6 +131,7 @@ impl Stats {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .map_or(0.0, |(first, last)| (last - first).as_secs_f64()),
+            busy_cpu_seconds: self.busy_cpu.seconds(),
         }
     }
 
@@ -390,9 +396,12 @@ impl Poller {
                 .received
                 .fetch_add(messages.len() as u64, Ordering::Relaxed);
             metrics::counter!(ops::RECEIVED).increment(messages.len() as u64);
+            // From here to its delete, the batch's CPU is the summary's.
+            let busy = shared.stats.busy_cpu.batch();
             self.inject_failure();
             let received_at = Instant::now();
             self.process(messages).await;
+            drop(busy);
             self.shared.stats.mark_active(received_at);
         }
         tracing::debug!(poller = self.index, "poller stopped");

@@ -112,7 +112,30 @@ fn garbage_is_not_a_component() {
     ))
     .err()
     .expect("must be refused");
-    assert!(format!("{error:#}").contains("not a valid WebAssembly component"));
+    let text = format!("{error:#}");
+    assert!(text.contains("not a valid WebAssembly component"), "{text}");
+    // wasmparser's bad-magic error holds byte arrays that `{:#}` would print
+    // one byte per line: a refused swap must log one line.
+    assert!(!text.contains('\n'), "{text}");
+}
+
+#[test]
+fn inspect_says_the_maskpipe_import_is_types_only() {
+    let text = runtime::block_on(maskpipe::author::inspect(&component_path())).unwrap();
+    let line = |prefix: &str| {
+        text.lines()
+            .find(|line| line.trim_start().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} import in\n{text}"))
+            .to_owned()
+    };
+    let types = line("maskpipe:transform/types@");
+    assert!(
+        types.ends_with("(instance: type definitions only, no functions)"),
+        "{types}"
+    );
+    // An interface with functions is not described so.
+    let environment = line("wasi:cli/environment@");
+    assert!(environment.ends_with("(instance)"), "{environment}");
 }
 
 /// `component` deployed as `transform.wasm` in a fresh directory, with

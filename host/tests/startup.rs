@@ -197,3 +197,90 @@ async fn a_component_storing_the_raw_ip_is_a_clear_startup_error() {
     // The error names the field, never a value from the canary set.
     assert!(!line.contains("199.172.111.135"), "{line}");
 }
+
+/// stderr's lines apart from info logs: what an operator has to read.
+fn not_info(stderr: &str) -> Vec<String> {
+    strip_colours(stderr)
+        .lines()
+        .filter(|line| !line.contains(" INFO "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A bad flag or a bad environment value is bad configuration like any
+/// other: one `maskpipe: error:` line and exit code 1 (clap alone would
+/// print several lines and exit 2).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_flag_or_env_value_is_one_error_line_and_exit_code_1() {
+    let mut bad_env = run_command("q", "postgres://127.0.0.1:9/x").await;
+    bad_env.env("MASKPIPE_POLLERS", "lots");
+    let mut bad_flag = run_command("q", "postgres://127.0.0.1:9/x").await;
+    bad_flag.arg("--no-such-flag");
+    let mut missing_command = maskpipe();
+    missing_command.arg("--log").arg("info");
+    for (command, expected) in [
+        (bad_env, "'lots'"),
+        (bad_flag, "--no-such-flag"),
+        (missing_command, "subcommand"),
+    ] {
+        let (line, everything) = run_expecting_failure_with_output(command).await;
+        assert!(line.contains(expected), "{line}");
+        assert_eq!(everything.trim_end(), line, "more than the error line");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn help_and_version_still_exit_0() {
+    for args in [["--help"], ["--version"]] {
+        let mut command = maskpipe();
+        command.args(args);
+        let output = run_with_limit(command, Duration::from_secs(30)).await;
+        assert_eq!(output.status.code(), Some(0), "{args:?}");
+        assert!(!output.stdout.is_empty(), "{args:?}");
+    }
+}
+
+/// No AWS configuration at all (no region, no credentials, no profile, an
+/// instance-metadata service that refuses): the error line is all there is,
+/// not preceded by the AWS SDK's warnings about each provider it tried.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unconfigured_aws_setup_is_one_error_line_without_sdk_warnings() {
+    let home = temp_dir("no-aws-home");
+    let mut command = run_command("login-queue", "postgres://127.0.0.1:9/x").await;
+    for (name, _) in std::env::vars() {
+        if name.starts_with("AWS_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env("HOME", &home)
+        // Nothing listens there: metadata fails at once on any machine,
+        // as it does on one with IMDS disabled (and warns the same way).
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", "IPv4");
+    let (line, everything) = run_expecting_failure_with_output(command).await;
+    assert!(line.contains("cannot find SQS queue"), "{line}");
+    assert_eq!(not_info(&everything), vec![line.clone()], "{everything}");
+}
+
+/// `reveal` without a key names the key the values need, and does not
+/// advise generating one (a new key opens nothing).
+#[tokio::test(flavor = "multi_thread")]
+async fn reveal_without_a_key_names_the_key_it_needs() {
+    for values in [vec!["mp2.demo1.AAAA"], vec![]] {
+        let mut command = maskpipe();
+        command
+            .env_remove("MASKPIPE_MASTER_KEY")
+            .env_remove("MASKPIPE_KEY_ID")
+            .args(["reveal", "--field", "ip"])
+            .args(&values)
+            .stdin(std::process::Stdio::null());
+        let line = run_expecting_failure(command).await;
+        assert!(!line.contains("keygen"), "{line}");
+        assert!(line.contains("MASKPIPE_MASTER_KEY"), "{line}");
+        if !values.is_empty() {
+            assert!(line.contains("key id demo1"), "{line}");
+            assert!(line.contains("MASKPIPE_KEY_ID=demo1"), "{line}");
+        }
+    }
+}

@@ -236,9 +236,21 @@ impl Transform {
 
 /// Compiles and links a component: everything about it that is fixed.
 fn prepare(engine: &Engine, bytes: &[u8]) -> Result<TransformerPre<HostState>> {
-    let component = Component::from_binary(engine, bytes)
-        .map_err(anyhow::Error::from)
-        .context("not a valid WebAssembly component")?;
+    let component = Component::from_binary(engine, bytes).map_err(|error| {
+        // Each cause on its own, without `{:#}`: wasmparser's errors print
+        // their byte arrays with `{:#?}` under it, one byte per line.
+        let causes: Vec<String> = anyhow::Error::from(error)
+            .chain()
+            .map(|cause| {
+                cause
+                    .to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        anyhow!("not a valid WebAssembly component: {}", causes.join(": "))
+    })?;
     sandbox::check_imports(engine, &component)?;
     let mut linker = Linker::<HostState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;

@@ -123,26 +123,29 @@ reveal rows="3": host
     #!/usr/bin/env bash
     set -euo pipefail
     [[ "{{rows}}" =~ ^[0-9]+$ ]] || { echo "usage: just reveal [ROWS]" >&2; exit 2; }
-    found=0
+    # The query first: its failure (or an empty table) must fail the recipe.
+    logins="$(just psql -tAc "select user_id, masked_ip, masked_device_id from user_logins order by user_id, masked_ip limit {{rows}}")"
+    [ -n "$logins" ] || { echo "user_logins is empty: run \`just run --drain\` first" >&2; exit 1; }
     while IFS='|' read -r user ip device; do
-        found=1
         plain_ip="$(./target/release/maskpipe reveal --field ip "$ip")"
         plain_device="$(./target/release/maskpipe reveal --field device_id "$device")"
         echo "$user  ip $plain_ip  device_id $plain_device"
         echo "    masked_ip $ip"
         echo "    masked_device_id $device"
-    done < <(just psql -tAc "select user_id, masked_ip, masked_device_id from user_logins order by user_id, masked_ip limit {{rows}}")
-    [ "$found" = 1 ] || { echo "user_logins is empty: run \`just run --drain\` first" >&2; exit 1; }
+    done <<<"$logins"
 
 # Reveal the sealed body of every dead letter in the demo database, with demo.env's key.
 [no-exit-message]
 reveal-dead-letters: host
     #!/usr/bin/env bash
     set -euo pipefail
+    # The query first: its failure (or an empty table) must fail the recipe.
+    letters="$(just psql -tAc "select message_id, reason, body_sealed from maskpipe_dead_letters order by message_id")"
+    [ -n "$letters" ] || { echo "maskpipe_dead_letters is empty: run \`just run --drain\` first" >&2; exit 1; }
     while IFS='|' read -r id reason body; do
         plain="$(./target/release/maskpipe reveal --message-id "$id" "$body")"
         echo "$id ($reason): $plain"
-    done < <(just psql -tAc "select message_id, reason, body_sealed from maskpipe_dead_letters order by message_id")
+    done <<<"$letters"
 
 # The maskpipe command with demo.env's settings (its key, queue, database and LocalStack endpoint), e.g. just maskpipe dead-letters list.
 [no-exit-message]

@@ -96,8 +96,11 @@ cp "$root/transform-wasm/vectors.jsonl" "$dir/vectors.jsonl"
 # The workspace's Cargo.toml lists its members and holds every release
 # profile: the new crate joins both, with the shipped transforms' size and
 # speed settings (without them it keeps the host's debug line tables: ~3 MB).
-sed -i "s|^    # new transforms are inserted above this line|    \"transform-wasm/$name\",\n&|" "$root/Cargo.toml"
-cat >>"$root/Cargo.toml" <<TOML
+# Each edit only once: a crate scaffolded again after its directory was
+# deleted must not list itself twice (invalid TOML).
+grep -q "^    \"transform-wasm/$name\",\$" "$root/Cargo.toml" ||
+    sed -i "s|^    # new transforms are inserted above this line|    \"transform-wasm/$name\",\n&|" "$root/Cargo.toml"
+grep -q "^\[profile.release.package.$crate\]\$" "$root/Cargo.toml" || cat >>"$root/Cargo.toml" <<TOML
 
 [profile.release.package.$crate]
 opt-level = 3

@@ -19,9 +19,10 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 readme="${1:-README.md}"
 
-# Extended regular expression :: why it is not run.
+# Extended regular expression, matched against the start of the command or
+# of an `&&`-joined part of it :: why it is not run.
 skips=(
-    'just test :: runs this script (and every test)'
+    'just test( |$) :: runs this script (and every test)'
     'just run( *$| *#| +[^-]| +--[^d]) :: runs until Ctrl-C (`just run --drain` is run)'
     'just bench :: a benchmark suite of many minutes'
     'just down :: stops the stack the other commands use'
@@ -66,13 +67,31 @@ for name in CARGO_HOME RUSTUP_HOME RUSTUP_TOOLCHAIN MASKPIPE_STACK_DIR; do
     [ -n "${!name:-}" ] && clean_env+=("$name=${!name}")
 done
 
+# Extracted first, so a failed extraction fails the run (a process
+# substitution's status would be lost).
+commands="$(mktemp)"
+log="$(mktemp)"
+# The output of reveal commands is the sample's plaintext PII: never left on disk.
+trap 'rm -f "$commands" "$log"' EXIT
+extract "$readme" >"$commands"
+
+# The last lines of the command's output. What a reveal prints is
+# plaintext PII: only its line count reaches the log.
+show() {
+    if grep -q reveal <<<"$command"; then
+        echo "     | ($(wc -l <"$log") lines of revealed output, not shown)"
+    else
+        sed 's/^/     | /' "$log" | tail -n "$1"
+    fi
+}
+
 ran=0
 skipped=0
 failed=()
 while IFS= read -r -d '' command; do
     reason=""
     for skip in "${skips[@]}"; do
-        if grep -Eq -- "${skip%% :: *}" <<<"$command"; then
+        if grep -Eq -- "(^|&& *)${skip%% :: *}" <<<"$command"; then
             reason="${skip#* :: }"
             break
         fi
@@ -85,20 +104,26 @@ while IFS= read -r -d '' command; do
     fi
     printf '\033[34mrun \033[0m %s\n' "$shown"
     ran=$((ran + 1))
-    log="$(mktemp)"
     if timeout 900 "${clean_env[@]}" bash -o pipefail -c "$command" </dev/null >"$log" 2>&1; then
-        sed 's/^/     | /' "$log" | tail -n 8
+        show 8
     else
         status=$?
-        sed 's/^/     | /' "$log" | tail -n 40
+        show 40
         printf '\033[31mFAIL\033[0m (exit %s) %s\n' "$status" "$shown"
         failed+=("$shown")
     fi
-    rm -f "$log"
-done < <(extract "$readme")
+    : >"$log"
+done <"$commands"
 
 echo
 echo "README commands: $ran ran, $skipped skipped, ${#failed[@]} failed"
+# Fewer than the README holds today means commands were lost on the way
+# (a fence renamed, a block broken): that is a failure too.
+min_ran=15
+if [ "$ran" -lt "$min_ran" ]; then
+    echo "only $ran commands ran (at least $min_ran expected): did the README's code blocks change?" >&2
+    exit 1
+fi
 if [ "${#failed[@]}" -gt 0 ]; then
     printf '  failed: %s\n' "${failed[@]}"
     exit 1

@@ -108,8 +108,19 @@ async fn postgres_stopped_mid_run_is_waited_out() {
         &component_path(),
         &["--pollers", "4"],
     );
-    command.stdout(std::process::Stdio::piped());
-    let host = command.spawn().expect("maskpipe could not be started");
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut host = command.spawn().expect("maskpipe could not be started");
+    // Read as it comes, so a full pipe never stalls the host.
+    let mut stderr_pipe = host.stderr.take().unwrap();
+    let stderr = tokio::spawn(async move {
+        let mut text = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut stderr_pipe, &mut text)
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&text).into_owned()
+    });
     wait_until_processed(&database, 200, Duration::from_secs(60)).await;
     // A real count (an error fails the test): the outage must start mid-run.
     let at_outage = count(
@@ -124,6 +135,10 @@ async fn postgres_stopped_mid_run_is_waited_out() {
     );
     println!("{at_outage} of 4040 processed when PostgreSQL stopped");
     tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        host.try_wait().unwrap().is_none(),
+        "the host exited while the database was down"
+    );
     private.stack("postgres-up");
 
     // The same host finishes everything: no second host drains after it.
@@ -134,6 +149,12 @@ async fn postgres_stopped_mid_run_is_waited_out() {
     assert!(output.status.success(), "{}", output.status);
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}");
+    // The host met the outage: a write failed and was retried.
+    let stderr = stderr.await.unwrap();
+    assert!(
+        stderr.contains("database write failed, will retry"),
+        "the host never met the outage:\n{stderr}"
+    );
     // Each message received once: no batch was abandoned to SQS and
     // redelivered while the database was down.
     assert!(

@@ -39,16 +39,8 @@ fn login_like() -> impl Strategy<Value = Value> {
         1 => Just(Value::Null),
     ];
     prop::collection::vec(prop::option::of(field), 6).prop_map(|values| {
-        let names = [
-            "user_id",
-            "app_version",
-            "device_type",
-            "ip",
-            "locale",
-            "device_id",
-        ];
         let mut object = Map::new();
-        for (name, value) in names.iter().zip(values) {
+        for (name, value) in LOGIN_FIELDS.iter().zip(values) {
             if let Some(value) = value {
                 object.insert((*name).to_owned(), value);
             }

@@ -5,6 +5,9 @@
 # README's order (so `just run --drain` fills the database before the
 # recipes that read it). Fails if any command fails.
 #
+# A command whose trailing comment is a single value (`# 99`) must print
+# that value.
+#
 # Commands come from ```sh, ```bash and ```console blocks (in console blocks,
 # only lines starting with `$ `). A line ending in `\`, `|`, `&&` or `||`
 # continues on the next; lines starting with `#` are comments.
@@ -105,7 +108,11 @@ while IFS= read -r -d '' command; do
     fi
     printf '\033[34mrun \033[0m %s\n' "$shown"
     ran=$((ran + 1))
-    if timeout 900 "${clean_env[@]}" bash -o pipefail -c "$command" </dev/null >"$log" 2>&1; then
+    # A command whose comment is a single value (`# 99`, `# 199.172.111.135`)
+    # promises that value: its output must show it, as a word.
+    expected="$(sed -nE 's/.*[[:space:]]#[[:space:]]*([0-9][0-9.:-]*)[[:space:]]*$/\1/p' <<<"$command" | tail -n 1)"
+    if timeout 900 "${clean_env[@]}" bash -o pipefail -c "$command" </dev/null >"$log" 2>&1 &&
+        { [ -z "$expected" ] || grep -qw -- "$expected" "$log" || { echo "     | the output does not show $expected, as the README says"; false; }; }; then
         show 8
     else
         status=$?

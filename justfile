@@ -157,6 +157,10 @@ test *args: up build-transform build-fixtures validate-deploy
     cargo test --release --workspace "$@"
     @if [ "$#" -eq 0 ]; then scripts/readme-commands.sh; fi
 
+# Break each RELIABILITY.md promise on purpose and check that its test fails (mutants.toml; a few minutes per mutant): just mutants [SUBSTRING...]
+mutants *args: up build-transform build-fixtures
+    scripts/mutants.py "$@"
+
 # Every shell command in README.md, each in a fresh shell without demo.env, against the local stack (the script lists what it skips).
 readme-commands: up build
     scripts/readme-commands.sh

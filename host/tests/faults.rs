@@ -297,6 +297,8 @@ async fn sigterm_finishes_in_flight_batches_and_exits_0_promptly() {
     command.stdout(std::process::Stdio::piped());
     let host = command.spawn().expect("maskpipe could not be started");
     wait_until_processed(&database, 200, Duration::from_secs(60)).await;
+    let db = query_client(&database).await;
+    let before_signal = count(&db, "SELECT count(*) FROM maskpipe_processed").await;
     let asked = Instant::now();
     signal(&host, "-TERM");
     let output = tokio::time::timeout(Duration::from_secs(30), host.wait_with_output())
@@ -314,9 +316,17 @@ async fn sigterm_finishes_in_flight_batches_and_exits_0_promptly() {
     // is in flight, and every message that left the queue is in the ledger.
     let depth = queue.depth().await.unwrap();
     assert_eq!(depth.in_flight, 0, "{depth:?}");
-    let db = query_client(&database).await;
     let processed = count(&db, "SELECT count(*) FROM maskpipe_processed").await;
     assert_eq!(processed, 2_020 - depth.visible as i64, "{depth:?}");
+    // Polling stopped: after the signal each of the 4 pollers finished at
+    // most the batch it held or the receive it was waiting on (10 messages
+    // each), with room for batches committed while the count was read;
+    // pollers that kept receiving would have drained the remaining ~1,800.
+    let after_signal = processed - before_signal;
+    assert!(
+        after_signal <= 4 * 10 * 2,
+        "{after_signal} messages processed after SIGTERM"
+    );
 
     // Whatever it had not finished is still in the queue; a later run
     // completes the work exactly once.

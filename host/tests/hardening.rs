@@ -84,7 +84,10 @@ async fn a_failed_poller_is_restarted_and_nothing_is_lost() {
     let output = drain(
         &queue,
         &database,
+        // One poller, so nothing is processed unless it is restarted.
         &[
+            "--pollers",
+            "1",
             "--visibility-timeout-seconds",
             "2",
             "--inject-poller-failures",

@@ -13,6 +13,8 @@
 //!   and protects the PII values the returned rows ask it to.
 //! * [`masking`]: deterministic, reversible masking and dead-letter sealing.
 //! * [`record`]: rows and rejections, and the `user_logins` column limits.
+//! * [`schema`]: tables as a transform declares them, checked against the
+//!   live database's catalog (contract 1.0 builds on it).
 //! * [`sink`]: one transaction per batch: ledger, rows, dead letters;
 //!   [`tls`]: how its connections are secured; [`dberror`]: which failed
 //!   writes to retry and which to split down to the refused rows.
@@ -36,6 +38,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod record;
 pub mod runtime;
+pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod swap;

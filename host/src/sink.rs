@@ -71,8 +71,9 @@ CREATE INDEX IF NOT EXISTS maskpipe_processed_processed_at ON maskpipe_processed
 ";
 
 /// Several hosts may start at once against a new database: `CREATE TABLE IF
-/// NOT EXISTS` is not race-free, so schema creation holds this advisory lock.
-const SCHEMA_LOCK: i64 = 0x6d61_736b_7069_7065; // "maskpipe"
+/// NOT EXISTS` is not race-free, so schema creation holds this advisory lock
+/// (the one that creating a transform's declared tables holds).
+use crate::schema::catalog::SCHEMA_LOCK;
 /// How long schema creation may take: on an existing ledger of hundreds of
 /// millions of rows, building its `processed_at` index takes minutes.
 const SCHEMA_DEADLINE: Duration = Duration::from_secs(60 * 60);

@@ -493,11 +493,10 @@ mod tests {
         Keyring::new(id, &MasterKey::parse(key).unwrap(), &[]).unwrap()
     }
 
-    /// Flips the last character of a token's data.
     /// Changes one ciphertext character. Not the last one: with unpadded
     /// base64 it may carry fewer than 6 bits, and a replacement that sets the
     /// unused bits is a format error, not an authentication failure (a
-    /// randomly sealed body hit that about once in four runs).
+    /// randomly sealed body ending in `A` hit that in one run of sixteen).
     fn tamper(token: &str) -> String {
         let mut bytes = token.as_bytes().to_vec();
         let inner = bytes.len() - 5;

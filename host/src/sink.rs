@@ -70,9 +70,9 @@ END $$;
 CREATE INDEX IF NOT EXISTS maskpipe_processed_processed_at ON maskpipe_processed (processed_at);
 ";
 
-/// Several hosts may start at once against a new database: `CREATE TABLE IF
-/// NOT EXISTS` is not race-free, so schema creation holds this advisory lock
-/// (the one that creating a transform's declared tables holds).
+// Several hosts may start at once against a new database: `CREATE TABLE IF
+// NOT EXISTS` is not race-free, so schema creation holds this advisory lock
+// (the one that creating a transform's declared tables holds).
 use crate::schema::catalog::SCHEMA_LOCK;
 /// How long schema creation may take: on an existing ledger of hundreds of
 /// millions of rows, building its `processed_at` index takes minutes.

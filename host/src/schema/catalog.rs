@@ -60,16 +60,41 @@ fn list(problems: &[Problem]) -> String {
 #[derive(Debug)]
 struct LiveColumn {
     name: String,
-    /// `pg_type.typname` (`varchar`, `int4`, …).
+    /// The name as DDL must spell it (`quote_ident`).
+    quoted: String,
+    /// `pg_type.typname` of a built-in type (`varchar`, `int4`, …); empty
+    /// for a type outside `pg_catalog`, which no declared type matches.
     type_name: String,
     /// `format_type()`: how the operator reads it (`character varying(32)`).
     shown: String,
-    /// `varchar(n)`'s n; `None` for no limit or another type.
-    max_chars: Option<u32>,
+    /// The type modifier: `varchar(n)`'s n + 4, `numeric(p, s)`'s
+    /// `(p << 16 | s) + 4`; -1 for none.
+    modifier: i32,
     not_null: bool,
+    /// A default or an identity: an INSERT that leaves it out still works.
     has_default: bool,
+    /// `GENERATED ALWAYS AS (…) STORED`: no value can be written to it.
     generated: bool,
+    /// An identity column, `ALWAYS` or `BY DEFAULT` (always NOT NULL).
+    identity: bool,
+    /// `GENERATED ALWAYS AS IDENTITY`: refuses written values.
     identity_always: bool,
+}
+
+impl LiveColumn {
+    /// `varchar(n)`'s n; `None` for no limit or another type.
+    fn max_chars(&self) -> Option<u32> {
+        (self.type_name == "varchar" && self.modifier >= 4).then(|| (self.modifier - 4) as u32)
+    }
+
+    /// Digits before the decimal point a `numeric` takes; `None` for an
+    /// unconstrained one.
+    fn integer_digits(&self) -> Option<i32> {
+        (self.modifier >= 4).then(|| {
+            let packed = self.modifier - 4;
+            ((packed >> 16) & 0xffff) - (packed & 0xffff)
+        })
+    }
 }
 
 /// The problems of `table` in the live database (empty: it fits). A missing
@@ -92,20 +117,28 @@ pub async fn check(
         )]);
     };
     if kind != "r" && kind != "p" {
+        let what = match kind.as_str() {
+            "v" => "VIEW",
+            "m" => "MATERIALIZED VIEW",
+            "S" => "SEQUENCE",
+            "i" | "I" => "INDEX",
+            "f" => "FOREIGN TABLE",
+            _ => "TABLE",
+        };
         return Ok(vec![problem(
             None,
-            "is not a table (a view, index or sequence of that name exists)".into(),
-            format!(
-                "rename it, then let maskpipe create the table: {}",
-                table.create_sql()
-            ),
+            format!("is a {}, not a table", what.to_lowercase()),
+            format!("ALTER {what} {0} RENAME TO {0}_old", table.name),
         )]);
     }
     let live: Vec<LiveColumn> = client
         .query(
-            "SELECT a.attname::text, t.typname::text, format_type(a.atttypid, a.atttypmod), \
-                    a.atttypmod, a.attnotnull, a.atthasdef, a.attgenerated <> '', \
-                    a.attidentity = 'a' \
+            "SELECT a.attname::text, quote_ident(a.attname), \
+                    CASE WHEN t.typnamespace = 'pg_catalog'::regnamespace \
+                         THEN t.typname::text ELSE '' END, \
+                    format_type(a.atttypid, a.atttypmod), a.atttypmod, a.attnotnull, \
+                    a.atthasdef OR a.attidentity <> '', a.attgenerated <> '', \
+                    a.attidentity <> '', a.attidentity = 'a' \
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
              ORDER BY a.attnum",
@@ -113,25 +146,34 @@ pub async fn check(
         )
         .await?
         .iter()
-        .map(|row| {
-            let type_name: String = row.get(1);
-            let modifier: i32 = row.get(3);
-            LiveColumn {
-                name: row.get(0),
-                max_chars: (type_name == "varchar" && modifier >= 4).then(|| (modifier - 4) as u32),
-                type_name,
-                shown: row.get(2),
-                not_null: row.get(4),
-                has_default: row.get(5),
-                generated: row.get(6),
-                identity_always: row.get(7),
-            }
+        .map(|row| LiveColumn {
+            name: row.get(0),
+            quoted: row.get(1),
+            type_name: row.get(2),
+            shown: row.get(3),
+            modifier: row.get(4),
+            not_null: row.get(5),
+            has_default: row.get(6),
+            generated: row.get(7),
+            identity: row.get(8),
+            identity_always: row.get(9),
         })
         .collect();
 
     let mut problems = Vec::new();
     let alter = |column: &str, change: &str| {
         format!("ALTER TABLE {} ALTER COLUMN {column} {change}", table.name)
+    };
+    // An identity column keeps NOT NULL until its identity is dropped.
+    let drop_not_null = |column: &str, identity: bool| {
+        if identity {
+            alter(
+                column,
+                &format!("DROP IDENTITY, ALTER COLUMN {column} DROP NOT NULL"),
+            )
+        } else {
+            alter(column, "DROP NOT NULL")
+        }
     };
     for declared in &table.columns {
         let name = declared.name.as_str();
@@ -148,10 +190,17 @@ pub async fn check(
             continue;
         };
         if found.generated || found.identity_always {
+            let fix = if found.generated {
+                alter(name, "DROP EXPRESSION")
+            } else if declared.nullable {
+                drop_not_null(name, true)
+            } else {
+                alter(name, "DROP IDENTITY")
+            };
             problems.push(problem(
                 Some(name),
                 "is generated by the database, so no value can be written to it".into(),
-                format!("declare no column {name}, or make it an ordinary column"),
+                fix,
             ));
             continue;
         }
@@ -170,11 +219,12 @@ pub async fn check(
                 alter(name, &format!("TYPE {ty}{using}")),
             ));
         }
-        if declared.nullable && found.not_null && !found.has_default {
+        // A default does not help: the host writes an explicit NULL.
+        if declared.nullable && found.not_null {
             problems.push(problem(
                 Some(name),
                 "is NOT NULL, but the transform may leave it empty".into(),
-                alter(name, "DROP NOT NULL"),
+                drop_not_null(name, found.identity),
             ));
         }
     }
@@ -182,9 +232,9 @@ pub async fn check(
         let declared = table.columns.iter().any(|column| column.name == other.name);
         if !declared && other.not_null && !other.has_default && !other.generated {
             problems.push(problem(
-                Some(&other.name),
+                Some(&other.quoted),
                 "is NOT NULL without a default, and the transform writes no value to it".into(),
-                alter(&other.name, "DROP NOT NULL"),
+                alter(&other.quoted, "DROP NOT NULL"),
             ));
         }
     }
@@ -211,17 +261,20 @@ async fn relation_kind(
 /// type, or a wider one (a longer or unlimited text, a bigger integer).
 fn fits(declared: &Column, live: &LiveColumn) -> bool {
     let ty = live.type_name.as_str();
+    // A constrained numeric must hold every value of the integer type.
+    let numeric_holds =
+        |digits| ty == "numeric" && live.integer_digits().is_none_or(|d| d >= digits);
     match declared.kind {
         ColumnType::Text { max_chars } => match ty {
-            "varchar" => live.max_chars.is_none_or(|limit| limit >= max_chars),
+            "varchar" => live.max_chars().is_none_or(|limit| limit >= max_chars),
             "text" => true,
             _ => false,
         },
-        ColumnType::Integer => matches!(ty, "int4" | "int8" | "numeric"),
-        ColumnType::Bigint => matches!(ty, "int8" | "numeric"),
+        ColumnType::Integer => matches!(ty, "int4" | "int8") || numeric_holds(10),
+        ColumnType::Bigint => ty == "int8" || numeric_holds(19),
         ColumnType::Boolean => ty == "bool",
         ColumnType::Double => ty == "float8",
-        ColumnType::Numeric => ty == "numeric",
+        ColumnType::Numeric => ty == "numeric" && live.integer_digits().is_none(),
         ColumnType::Date => ty == "date",
         ColumnType::Timestamptz => ty == "timestamptz",
         ColumnType::Uuid => ty == "uuid",

@@ -28,6 +28,11 @@ const MAX_IDENTIFIER_BYTES: usize = 63;
 pub const MAX_TEXT_CHARS: u32 = 10_485_760;
 /// Names the host keeps for its own tables (ledger, dead letters).
 const HOST_PREFIX: &str = "maskpipe_";
+/// PostgreSQL's own catalogs: `pg_catalog` comes first in every search path,
+/// so an unqualified `pg_description` would resolve to the system's table.
+const SYSTEM_PREFIX: &str = "pg_";
+/// System columns every table has: no column may take these names.
+const SYSTEM_COLUMNS: &[&str] = &["cmax", "cmin", "ctid", "tableoid", "xmax", "xmin"];
 
 /// A column's type: a fixed set, each with one PostgreSQL spelling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +135,10 @@ pub enum SchemaError {
         "table {0} uses the host's prefix {HOST_PREFIX} (kept for its ledger and dead letters)"
     )]
     HostTable(String),
+    #[error("table {0} uses PostgreSQL's prefix {SYSTEM_PREFIX} (kept for its catalogs)")]
+    SystemTable(String),
+    #[error("column {0}.{1} has the name of a PostgreSQL system column")]
+    SystemColumn(String, String),
     #[error("table {0} is declared twice")]
     DuplicateTable(String),
     #[error("column {0}.{1} is declared twice")]
@@ -154,6 +163,9 @@ impl Schema {
             if table.name.starts_with(HOST_PREFIX) {
                 return Err(SchemaError::HostTable(table.name.clone()));
             }
+            if table.name.starts_with(SYSTEM_PREFIX) {
+                return Err(SchemaError::SystemTable(table.name.clone()));
+            }
             if !table_names.insert(table.name.as_str()) {
                 return Err(SchemaError::DuplicateTable(table.name.clone()));
             }
@@ -172,6 +184,10 @@ impl Schema {
                     format!("{} of table {}", c + 1, table.name)
                 })?;
                 let qualified = || (table.name.clone(), column.name.clone());
+                if SYSTEM_COLUMNS.contains(&column.name.as_str()) {
+                    let (t, c) = qualified();
+                    return Err(SchemaError::SystemColumn(t, c));
+                }
                 if !column_names.insert(column.name.as_str()) {
                     let (t, c) = qualified();
                     return Err(SchemaError::DuplicateColumn(t, c));
@@ -448,6 +464,14 @@ mod tests {
             (
                 vec![table("maskpipe_processed", vec![text("a", 1)])],
                 SchemaError::HostTable("maskpipe_processed".into()),
+            ),
+            (
+                vec![table("pg_description", vec![text("description", 1)])],
+                SchemaError::SystemTable("pg_description".into()),
+            ),
+            (
+                vec![table("t", vec![text("ctid", 1)])],
+                SchemaError::SystemColumn("t".into(), "ctid".into()),
             ),
             (
                 vec![

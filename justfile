@@ -157,7 +157,7 @@ test *args: up build-transform build-fixtures validate-deploy
     cargo test --release --workspace "$@"
     @if [ "$#" -eq 0 ]; then scripts/readme-commands.sh; fi
 
-# Break each RELIABILITY.md promise on purpose and check that its test fails (mutants.toml; a few minutes per mutant): just mutants [SUBSTRING...]
+# Break RELIABILITY.md promises on purpose and check that their tests fail (mutants.toml; 40 s to 4 min per mutant): just mutants [SUBSTRING...]
 mutants *args: up build-transform build-fixtures
     scripts/mutants.py "$@"
 

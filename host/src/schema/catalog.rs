@@ -299,7 +299,9 @@ fn same_family(declared: ColumnType, live_type: &str) -> bool {
 
 /// Checks every declared table, creating the missing ones first when
 /// `create` allows, under [`SCHEMA_LOCK`]. Existing tables are never
-/// altered. Fails with every problem of every table, each with its fix.
+/// altered. Fails with every problem of every table, each with its fix. It
+/// has no deadline of its own (the lock may be held by another host's
+/// schema creation): the caller bounds it, as the sink bounds its own.
 pub async fn prepare(
     client: &mut Client,
     schema: &Schema,

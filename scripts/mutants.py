@@ -76,6 +76,8 @@ def first_failure(offset):
         f.seek(offset)
         lines = f.read().decode(errors="replace").splitlines()
     for i, line in enumerate(lines):
+        if "test did not panic as expected at" in line:  # a #[should_panic] test
+            return line.split(" at ", 1)[1].strip() + " the test did not panic as expected"
         if "panicked at" in line:
             where = line.split("panicked at", 1)[1].strip().rstrip(":")
             message = lines[i + 1].strip() if i + 1 < len(lines) else ""

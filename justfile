@@ -157,7 +157,7 @@ test *args: up build-transform build-fixtures validate-deploy
     cargo test --release --workspace "$@"
     @if [ "$#" -eq 0 ]; then scripts/readme-commands.sh; else echo "README commands not checked (arguments given): just readme-commands"; fi
 
-# Break RELIABILITY.md promises on purpose and check that their tests fail (mutants.toml; 40 s to 4 min per mutant): just mutants [SUBSTRING...]
+# Break RELIABILITY.md promises on purpose and check that their tests fail (mutants.toml; 40 s to 3 min per mutant): just mutants [SUBSTRING...]
 mutants *args: up build-transform build-fixtures
     scripts/mutants.py "$@"
 

@@ -44,8 +44,8 @@ pub async fn test(component: &Path, vectors_file: Option<&Path>) -> Result<ExitC
     })
 }
 
-/// Describes a component: digest, size, WIT world, imports and exports, and
-/// whether maskpipe would load it.
+/// Describes a component: digest, size, whether maskpipe would load it, its
+/// reason codes and tables (as DDL), WIT world, imports and exports.
 pub async fn inspect(component: &Path) -> Result<String> {
     let bytes =
         std::fs::read(component).with_context(|| format!("cannot read {}", component.display()))?;
@@ -63,6 +63,22 @@ pub async fn inspect(component: &Path) -> Result<String> {
                 "verdict    loadable: imports only what maskpipe grants, exports the transformer world"
             );
             let _ = writeln!(out, "reasons    {}", transform.reason_codes().join(", "));
+            let _ = writeln!(out, "\ntables (as --create-tables would create them)");
+            for table in transform.schema().tables() {
+                let _ = writeln!(out, "  {};", table.create_sql());
+                for column in table.columns.iter().filter(|c| c.pii.is_some()) {
+                    if let Some(pii) = &column.pii {
+                        let _ = writeln!(
+                            out,
+                            "    -- {}.{}: PII field `{}`, {}",
+                            table.name,
+                            column.name,
+                            pii.field,
+                            allowed(pii.allows)
+                        );
+                    }
+                }
+            }
         }
         Err(error) => {
             let _ = writeln!(out, "verdict    REFUSED: {error:#}");
@@ -111,6 +127,19 @@ pub async fn inspect(component: &Path) -> Result<String> {
         }
     }
     Ok(out)
+}
+
+/// `masked or pseudonymized`: the protections a PII column allows.
+fn allowed(allows: crate::schema::Allows) -> String {
+    let names: Vec<&str> = [
+        (allows.masked, "masked"),
+        (allows.pseudonymized, "pseudonymized"),
+        (allows.clear, "clear"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    names.join(" or ")
 }
 
 fn kind(item: &ComponentItem) -> &'static str {

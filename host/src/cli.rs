@@ -294,7 +294,11 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         publish,
         Arc::clone(&swaps),
     )
-    .with_poll(Some(Duration::from_secs(args.watch_poll_seconds)));
+    .with_poll(Some(Duration::from_secs(args.watch_poll_seconds)))
+    .with_table_check(swap::TableCheck {
+        database: settings.database.clone(),
+        create: settings.create_tables,
+    });
     let reloading = tokio::spawn(reloader.run(shutdown.clone()));
     let drain = settings.drain;
     let pipeline = Pipeline::new(source.clone(), published, keyring, settings);

@@ -195,6 +195,15 @@ pub struct RunArgs {
           num_args = 0..=1, default_value = "false", default_missing_value = "true")]
     pub drain: bool,
 
+    /// Create the tables the transform declares when they are missing (at
+    /// startup and before a swap), from its declaration. Existing tables are
+    /// never altered: one that does not fit stops startup, or refuses the
+    /// swap, with the DDL that would make it fit.
+    #[arg(long, env = "MASKPIPE_CREATE_TABLES", value_name = "BOOL",
+          value_parser = clap::builder::BoolishValueParser::new(),
+          num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    pub create_tables: bool,
+
     /// Address for `/metrics`, `/healthz` and `/readyz` (e.g. 0.0.0.0:9464);
     /// unset: no HTTP endpoint.
     #[arg(long, env = "MASKPIPE_METRICS_ADDR", value_name = "HOST:PORT")]
@@ -273,6 +282,7 @@ impl RunArgs {
                 .visibility_timeout_seconds
                 .map(|s| Duration::from_secs(s.into())),
             inject_poller_failures: self.inject_poller_failures,
+            create_tables: self.create_tables,
         })
     }
 }

@@ -46,6 +46,8 @@ pub struct Settings {
     /// For the supervisor's tests: the first this many batches received
     /// make their poller panic instead of being processed.
     pub inject_poller_failures: u64,
+    /// Create the component's declared tables when they are missing.
+    pub create_tables: bool,
 }
 
 /// In drain mode an empty receive ends a poller, so wait briefly.
@@ -206,6 +208,11 @@ impl Pipeline {
         };
         let mut first_sink = PgSink::connect(&self.settings.database).await?;
         first_sink.ensure_schema().await?;
+        // The running component's tables must fit before any batch: a swap
+        // checks its own before it is published.
+        first_sink
+            .prepare_tables(self.current_transform().schema(), self.settings.create_tables)
+            .await?;
         // Fail now, not in every poller, if the component cannot run at all.
         let first_worker = self
             .current_transform()
@@ -455,7 +462,7 @@ impl Poller {
     }
 
     async fn transform_write_delete(&mut self, messages: Vec<Received>) {
-        let Some((outcomes, digest)) = self.transform(&messages).await else {
+        let Some((outcomes, component)) = self.transform(&messages).await else {
             return;
         };
         let batch: Vec<Processed<'_>> = messages
@@ -463,14 +470,19 @@ impl Poller {
             .zip(&outcomes)
             .map(|(message, outcome)| Processed { message, outcome })
             .collect();
-        let Some(report) = self.write(&batch, &digest).await else {
+        let Some(report) = self.write(&batch, &component).await else {
             return;
         };
         self.shared.stats.record(&report);
         self.delete(&messages).await;
     }
 
-    async fn transform(&mut self, messages: &[Received]) -> Option<(Vec<Outcome>, String)> {
+    /// The outcomes, and the component that made them (whose declaration
+    /// and digest the write needs).
+    async fn transform(
+        &mut self,
+        messages: &[Received],
+    ) -> Option<(Vec<Outcome>, Arc<Transform>)> {
         // Again after receiving: a swap published during the receive applies
         // to this batch. Failing here leaves the batch to SQS; the next loop
         // backs off before receiving again.
@@ -486,7 +498,7 @@ impl Poller {
         match worker.run(messages).await {
             Ok(outcomes) => {
                 metrics::histogram!(ops::TRANSFORM_SECONDS).record(started.elapsed());
-                Some((outcomes, worker.digest().to_owned()))
+                Some((outcomes, Arc::clone(worker.transform())))
             }
             Err(error) => {
                 // The next loop makes a new worker, backing off if it must.
@@ -501,9 +513,13 @@ impl Poller {
     }
 
     /// Commits a batch; `None` leaves it to SQS to redeliver.
-    async fn write(&mut self, batch: &[Processed<'_>], digest: &str) -> Option<WriteReport> {
+    async fn write(
+        &mut self,
+        batch: &[Processed<'_>],
+        component: &Transform,
+    ) -> Option<WriteReport> {
         let started = Instant::now();
-        let report = self.write_isolating(batch, digest, true).await?;
+        let report = self.write_isolating(batch, component, true).await?;
         metrics::histogram!(ops::COMMIT_SECONDS).record(started.elapsed());
         Some(report)
     }
@@ -517,7 +533,7 @@ impl Poller {
     fn write_isolating<'w>(
         &'w mut self,
         batch: &'w [Processed<'w>],
-        digest: &'w str,
+        component: &'w Transform,
         isolate: bool,
     ) -> Pin<Box<dyn Future<Output = Option<WriteReport>> + Send + 'w>> {
         Box::pin(async move {
@@ -525,7 +541,7 @@ impl Poller {
             let mut attempts_left_after_shutdown = WRITE_ATTEMPTS_AFTER_SHUTDOWN;
             let mut repeats = 0;
             loop {
-                let error = match self.try_write(batch, digest).await {
+                let error = match self.try_write(batch, component).await {
                     Ok(report) => return Some(report),
                     Err(error) => error,
                 };
@@ -548,7 +564,7 @@ impl Poller {
                             sqlstate = %sqlstate,
                             "PostgreSQL refused the batch's data; splitting it to find the rows"
                         );
-                        return self.split(batch, digest, &sqlstate).await;
+                        return self.split(batch, component, &sqlstate).await;
                     }
                     // Even the message's dead letter is refused: the fault is
                     // the database's (a revoked grant, a dropped table), not
@@ -584,7 +600,7 @@ impl Poller {
     async fn split(
         &mut self,
         batch: &[Processed<'_>],
-        digest: &str,
+        component: &Transform,
         sqlstate: &str,
     ) -> Option<WriteReport> {
         if let [one] = batch {
@@ -596,25 +612,35 @@ impl Poller {
                 message: one.message,
                 outcome: &refused,
             }];
-            return self.write_isolating(&dead_letter, digest, false).await;
+            return self.write_isolating(&dead_letter, component, false).await;
         }
         let (left, right) = batch.split_at(batch.len() / 2);
-        let mut report = self.write_isolating(left, digest, true).await?;
-        let right = self.write_isolating(right, digest, true).await?;
+        let mut report = self.write_isolating(left, component, true).await?;
+        let right = self.write_isolating(right, component, true).await?;
         report.rows += right.rows;
         report.duplicates += right.duplicates;
         report.dead_letter_reasons.extend(right.dead_letter_reasons);
         Some(report)
     }
 
-    async fn try_write(&mut self, batch: &[Processed<'_>], digest: &str) -> Result<WriteReport> {
+    async fn try_write(
+        &mut self,
+        batch: &[Processed<'_>],
+        component: &Transform,
+    ) -> Result<WriteReport> {
         let sink = match &mut self.sink {
             Some(sink) => sink,
             None => self
                 .sink
                 .insert(PgSink::connect(&self.shared.settings.database).await?),
         };
-        sink.write_batch(batch, digest, &self.shared.keyring).await
+        sink.write_batch(
+            batch,
+            component.schema(),
+            component.digest(),
+            &self.shared.keyring,
+        )
+        .await
     }
 
     async fn delete(&mut self, messages: &[Received]) {

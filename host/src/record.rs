@@ -1,21 +1,38 @@
-//! What a transform makes of a message, and the `user_logins` column contract.
+//! What a transform makes of a message: rows of the tables it declared
+//! ([`crate::schema`]), or a rejection.
 //!
-//! The runtime converts the component's WIT values into these types and checks
-//! them here, so a component that returns values which do not fit the table
-//! costs one dead letter, never a failed batch transaction.
+//! The runtime converts the component's WIT values into these types and
+//! checks each against its declared column there, so a component that
+//! returns values which do not fit costs one dead letter, never a failed
+//! batch transaction.
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 
-/// One `user_logins` row. Every column of the table is nullable.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Row {
-    pub user_id: Option<String>,
-    pub device_type: Option<String>,
-    pub masked_ip: Option<String>,
-    pub masked_device_id: Option<String>,
-    pub locale: Option<String>,
-    pub app_version: Option<i32>,
-    pub create_date: Option<NaiveDate>,
+/// One value, of its column's type. Protected PII arrives here already
+/// masked or pseudonymized, as `Text`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Text(String),
+    Integer(i32),
+    Bigint(i64),
+    Boolean(bool),
+    Double(f64),
+    /// Checked decimal text (`-12.50`).
+    Numeric(String),
+    Date(NaiveDate),
+    Timestamptz(DateTime<Utc>),
+    /// Checked canonical text (`xxxxxxxx-xxxx-…`).
+    Uuid(String),
+    /// Checked JSON text.
+    Jsonb(String),
+}
+
+/// One row: its table's index in the declaration, and one value per
+/// declared column, in order (`None` is NULL).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableRow {
+    pub table: usize,
+    pub values: Vec<Option<Value>>,
 }
 
 /// Why a message became a dead letter.
@@ -71,10 +88,23 @@ impl std::fmt::Debug for Rejection {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What one message became.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Row(Row),
+    /// Zero or more rows (none: the message is recorded as `skipped`).
+    Rows(Vec<TableRow>),
     Rejected(Rejection),
+}
+
+impl Outcome {
+    /// The ledger's word for it.
+    pub fn ledger_outcome(&self) -> &'static str {
+        match self {
+            Outcome::Rows(rows) if rows.is_empty() => "skipped",
+            Outcome::Rows(_) => "row",
+            Outcome::Rejected(_) => "dead_letter",
+        }
+    }
 }
 
 /// Host-side reason codes (the component defines its own).
@@ -101,97 +131,21 @@ pub mod reason {
 /// The most of a component's detail kept (sealed).
 const DETAIL_MAX_CHARS: usize = 512;
 
-/// `masked_ip` and `masked_device_id` are varchar(256).
-pub const PROTECTED_COLUMN_CHARS: usize = 256;
 /// The years PostgreSQL's `date` spans: 4713 BC (year -4712) to 5874897 AD.
 pub const MIN_DATE_YEAR: i32 = -4712;
 pub const MAX_DATE_YEAR: i32 = 5_874_897;
 
-/// `(column, varchar limit in characters)` of `user_logins`.
-const TEXT_COLUMNS: [(&str, usize); 5] = [
-    ("user_id", 128),
-    ("device_type", 32),
-    ("masked_ip", PROTECTED_COLUMN_CHARS),
-    ("masked_device_id", PROTECTED_COLUMN_CHARS),
-    ("locale", 32),
-];
-
-/// The varchar limit, in characters, of a text column of `user_logins`.
-pub fn column_limit(column: &str) -> usize {
-    TEXT_COLUMNS
-        .iter()
-        .find(|(name, _)| *name == column)
-        .map_or(0, |(_, limit)| *limit)
-}
-
 /// The rejection of a value too long for its column.
-pub fn overflow(column: &str, limit: usize) -> Rejection {
+pub fn overflow(table: &str, column: &str, limit: u32) -> Rejection {
     Rejection::new(
         reason::COLUMN_OVERFLOW,
-        format!("column `{column}` would exceed varchar({limit})"),
+        format!("column `{table}.{column}` would exceed varchar({limit})"),
     )
-}
-
-impl Row {
-    fn text_columns(&self) -> [&Option<String>; 5] {
-        [
-            &self.user_id,
-            &self.device_type,
-            &self.masked_ip,
-            &self.masked_device_id,
-            &self.locale,
-        ]
-    }
-
-    /// Checks every value fits its column; names the first that does not.
-    pub fn check_columns(&self) -> Result<(), Rejection> {
-        for ((column, limit), value) in TEXT_COLUMNS.iter().zip(self.text_columns()) {
-            let Some(value) = value else { continue };
-            // Postgres text cannot hold NUL, and varchar(n) counts characters.
-            if value.contains('\0') {
-                return Err(Rejection::new(
-                    reason::COLUMN_OVERFLOW,
-                    format!("column `{column}` would contain a NUL character"),
-                ));
-            }
-            if value.len() > *limit && value.chars().count() > *limit {
-                return Err(overflow(column, *limit));
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn values_within_limits_pass() {
-        let row = Row {
-            user_id: Some("u".repeat(128)),
-            device_type: Some("é".repeat(32)),
-            locale: None,
-            ..Row::default()
-        };
-        assert_eq!(row.check_columns(), Ok(()));
-    }
-
-    #[test]
-    fn overflowing_values_are_named() {
-        let row = Row {
-            locale: Some("x".repeat(33)),
-            ..Row::default()
-        };
-        let rejection = row.check_columns().unwrap_err();
-        assert_eq!(rejection.code, reason::COLUMN_OVERFLOW);
-        assert!(rejection.detail.contains("locale"));
-        let row = Row {
-            user_id: Some("a\0b".into()),
-            ..Row::default()
-        };
-        assert!(row.check_columns().is_err());
-    }
 
     #[test]
     fn a_transform_detail_is_bounded_and_kept_out_of_debug() {
@@ -204,12 +158,5 @@ mod tests {
         let secret = Rejection::from_transform("c", "ip 199.172.111.135".into());
         assert!(!format!("{secret:?}").contains("199"), "{secret:?}");
         assert!(!secret.detail.contains("199"));
-    }
-
-    #[test]
-    fn column_limits_are_the_tables() {
-        assert_eq!(column_limit("user_id"), 128);
-        assert_eq!(column_limit("masked_ip"), 256);
-        assert_eq!(column_limit("locale"), 32);
     }
 }

@@ -1,42 +1,39 @@
 //! The PostgreSQL sink: one transaction per batch.
 //!
 //! Atomically: claim each message id in the ledger (`maskpipe_processed`),
-//! then write rows to `user_logins` and dead letters to
+//! then write rows to the component's declared tables and dead letters to
 //! `maskpipe_dead_letters` for the ids that were new. A redelivered message
 //! finds its id claimed and adds nothing, so at-least-once delivery from SQS
 //! becomes exactly-once rows. The whole batch is one prepared statement over
-//! column arrays (`UNNEST`): one round trip per batch, whatever its size.
+//! column arrays ([`batch`]): one round trip per batch, whatever its size.
 //!
-//! `user_logins` is created with the take-home's exact DDL when missing and is
-//! never altered; the side tables are maskpipe's own.
+//! The declared tables are checked against the catalog, and created when
+//! missing and allowed, by [`Database::prepare_tables`] before a component
+//! runs; they are never altered. The side tables are maskpipe's own.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::masking::Keyring;
 use crate::record::Outcome;
+use crate::schema::{Schema, catalog};
 use crate::source::Received;
 
+mod batch;
+
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS user_logins (
-    user_id varchar(128),
-    device_type varchar(32),
-    masked_ip varchar(256),
-    masked_device_id varchar(256),
-    locale varchar(32),
-    app_version integer,
-    create_date date
-);
 CREATE TABLE IF NOT EXISTS maskpipe_processed (
     message_id text PRIMARY KEY,
-    outcome text NOT NULL CHECK (outcome IN ('row', 'dead_letter')),
+    outcome text NOT NULL CONSTRAINT maskpipe_processed_outcome_check
+        CHECK (outcome IN ('row', 'dead_letter', 'skipped')),
     component_digest text NOT NULL,
     processed_at timestamptz NOT NULL DEFAULT now()
 );
@@ -63,6 +60,22 @@ BEGIN
           AND column_name = 'detail_sealed'
     ) THEN
         ALTER TABLE maskpipe_dead_letters ADD COLUMN detail_sealed text;
+    END IF;
+END $$;
+-- A message with no rows (contract 1.0) is `skipped`: widen a ledger made
+-- before. NOT VALID: every existing row passes, no need to scan them all.
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_constraint
+        WHERE conrelid = 'maskpipe_processed'::regclass
+          AND conname = 'maskpipe_processed_outcome_check'
+          AND pg_get_constraintdef(oid) LIKE '%skipped%'
+    ) THEN
+        ALTER TABLE maskpipe_processed
+            DROP CONSTRAINT IF EXISTS maskpipe_processed_outcome_check,
+            ADD CONSTRAINT maskpipe_processed_outcome_check
+                CHECK (outcome IN ('row', 'dead_letter', 'skipped')) NOT VALID;
     END IF;
 END $$;
 -- The pruner deletes the oldest ledger rows; without this it would scan the
@@ -114,53 +127,6 @@ pub struct Processed<'a> {
     pub message: &'a Received,
     pub outcome: &'a Outcome,
 }
-
-/// One batch, one statement, one round trip: data-modifying CTEs claim the
-/// ids in the ledger and insert rows and dead letters only for the ids just
-/// claimed. A single statement is its own transaction, so it is all or
-/// nothing. `$1..$13` and `$15` are the batch as parallel arrays, one entry
-/// per message; `$14` is the component digest.
-///
-/// A batch may hold one message id twice (SQS redelivers while the first copy
-/// is still in the batch): the first occurrence wins, deterministically
-/// (`WITH ORDINALITY` + `ORDER BY`), and the second counts as a duplicate.
-const WRITE_BATCH: &str = "
-WITH input AS (
-    SELECT DISTINCT ON (message_id) *
-    FROM UNNEST($1::text[], $2::text[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[],
-                $7::varchar[], $8::integer[], $9::date[], $10::text[], $11::text[], $12::text[],
-                $13::timestamptz[], $15::text[]) WITH ORDINALITY
-         AS i(message_id, outcome, user_id, device_type, masked_ip, masked_device_id,
-              locale, app_version, create_date, reason, detail, body_sealed, sent_at,
-              detail_sealed, position)
-    ORDER BY message_id, position
-),
-claimed AS (
-    INSERT INTO maskpipe_processed (message_id, outcome, component_digest)
-    SELECT message_id, outcome, $14 FROM input
-    ON CONFLICT (message_id) DO NOTHING
-    RETURNING message_id
-),
-new_rows AS (
-    INSERT INTO user_logins
-        (user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date)
-    SELECT i.user_id, i.device_type, i.masked_ip, i.masked_device_id, i.locale, i.app_version, i.create_date
-    FROM input i JOIN claimed USING (message_id)
-    WHERE i.outcome = 'row'
-    RETURNING 1
-),
-new_dead_letters AS (
-    INSERT INTO maskpipe_dead_letters
-        (message_id, reason, detail, body_sealed, detail_sealed, sent_at, component_digest)
-    SELECT i.message_id, i.reason, i.detail, i.body_sealed, i.detail_sealed, i.sent_at, $14
-    FROM input i JOIN claimed USING (message_id)
-    WHERE i.outcome = 'dead_letter'
-    RETURNING reason
-)
-SELECT (SELECT count(*) FROM claimed),
-       (SELECT count(*) FROM new_rows),
-       (SELECT coalesce(array_agg(reason), '{}') FROM new_dead_letters)
-";
 
 /// The target database: where it is, how its connections are secured (see
 /// [`crate::tls`]) and how long any one wait on it may take.
@@ -281,8 +247,8 @@ impl std::fmt::Debug for Database {
 /// A connection to the target database.
 pub struct PgSink {
     client: Client,
-    /// Prepared on first use, once per connection.
-    write_batch: Option<Statement>,
+    /// Prepared on first use, once per connection and declaration.
+    write_batch: Option<(Arc<Schema>, Statement)>,
     /// The client-side bound of one round trip (see [`Database::with_timeout`]).
     deadline: Duration,
     /// Set when a wait timed out: the connection cannot be trusted again.
@@ -402,18 +368,34 @@ impl PgSink {
         Ok(())
     }
 
+    /// Checks the component's declared tables against the catalog, creating
+    /// missing ones when `create` allows (see [`catalog::prepare`]), under
+    /// the schema deadline: another host may hold the lock while it builds
+    /// an index.
+    pub async fn prepare_tables(&mut self, schema: &Schema, create: bool) -> Result<()> {
+        let deadline = self.deadline.max(SCHEMA_DEADLINE);
+        let outcome = tokio::time::timeout(
+            deadline,
+            catalog::prepare(&mut self.client, schema, create),
+        )
+        .await;
+        self.settle(deadline, outcome)
+    }
+
     /// Writes one batch atomically (see the module docs), within the
     /// deadline: after a timeout the outcome is unknown, and the ledger makes
-    /// the caller's retry (on a new connection) exact either way.
+    /// the caller's retry (on a new connection) exact either way. `schema`
+    /// is the declaration of the component that made the outcomes.
     pub async fn write_batch(
         &mut self,
         batch: &[Processed<'_>],
+        schema: &Arc<Schema>,
         component_digest: &str,
         keyring: &Keyring,
     ) -> Result<WriteReport> {
         let outcome = tokio::time::timeout(
             self.deadline,
-            self.write_batch_unbounded(batch, component_digest, keyring),
+            self.write_batch_unbounded(batch, schema, component_digest, keyring),
         )
         .await;
         self.settle(self.deadline, outcome)
@@ -422,43 +404,28 @@ impl PgSink {
     async fn write_batch_unbounded(
         &mut self,
         batch: &[Processed<'_>],
+        schema: &Arc<Schema>,
         component_digest: &str,
         keyring: &Keyring,
     ) -> Result<WriteReport> {
         let statement = match &self.write_batch {
-            Some(statement) => statement.clone(),
-            None => {
+            Some((prepared_for, statement)) if Arc::ptr_eq(prepared_for, schema) => {
+                statement.clone()
+            }
+            _ => {
                 let statement = self
                     .client
-                    .prepare(WRITE_BATCH)
+                    .prepare(&batch::sql(schema))
                     .await
                     .context("cannot prepare the batch statement")?;
-                self.write_batch.insert(statement).clone()
+                self.write_batch = Some((Arc::clone(schema), statement.clone()));
+                statement
             }
         };
-        let columns = BatchColumns::new(batch, keyring);
+        let params = batch::BatchParams::new(batch, schema, component_digest, keyring)?;
         let result = self
             .client
-            .query_one(
-                &statement,
-                &[
-                    &columns.message_id,
-                    &columns.outcome,
-                    &columns.user_id,
-                    &columns.device_type,
-                    &columns.masked_ip,
-                    &columns.masked_device_id,
-                    &columns.locale,
-                    &columns.app_version,
-                    &columns.create_date,
-                    &columns.reason,
-                    &columns.detail,
-                    &columns.body_sealed,
-                    &columns.sent_at,
-                    &component_digest,
-                    &columns.detail_sealed,
-                ],
-            )
+            .query_one(&statement, &params.as_params())
             .await
             .context("cannot write the batch")?;
         let claimed: i64 = result.get(0);
@@ -531,94 +498,6 @@ impl PgSink {
                 return Ok(report);
             }
         }
-    }
-}
-
-/// A batch as parallel columns, one entry per message, for `UNNEST`.
-struct BatchColumns<'a> {
-    message_id: Vec<&'a str>,
-    outcome: Vec<&'static str>,
-    user_id: Vec<Option<&'a str>>,
-    device_type: Vec<Option<&'a str>>,
-    masked_ip: Vec<Option<&'a str>>,
-    masked_device_id: Vec<Option<&'a str>>,
-    locale: Vec<Option<&'a str>>,
-    app_version: Vec<Option<i32>>,
-    create_date: Vec<Option<NaiveDate>>,
-    reason: Vec<Option<&'a str>>,
-    detail: Vec<Option<&'a str>>,
-    body_sealed: Vec<Option<String>>,
-    detail_sealed: Vec<Option<String>>,
-    sent_at: Vec<Option<DateTime<Utc>>>,
-}
-
-impl<'a> BatchColumns<'a> {
-    fn new(batch: &[Processed<'a>], keyring: &Keyring) -> Self {
-        let n = batch.len();
-        let mut columns = Self {
-            message_id: Vec::with_capacity(n),
-            outcome: Vec::with_capacity(n),
-            user_id: Vec::with_capacity(n),
-            device_type: Vec::with_capacity(n),
-            masked_ip: Vec::with_capacity(n),
-            masked_device_id: Vec::with_capacity(n),
-            locale: Vec::with_capacity(n),
-            app_version: Vec::with_capacity(n),
-            create_date: Vec::with_capacity(n),
-            reason: Vec::with_capacity(n),
-            detail: Vec::with_capacity(n),
-            body_sealed: Vec::with_capacity(n),
-            detail_sealed: Vec::with_capacity(n),
-            sent_at: Vec::with_capacity(n),
-        };
-        for processed in batch {
-            columns.message_id.push(&processed.message.id);
-            let row = match processed.outcome {
-                Outcome::Row(row) => {
-                    columns.outcome.push("row");
-                    columns.reason.push(None);
-                    columns.detail.push(None);
-                    columns.body_sealed.push(None);
-                    columns.detail_sealed.push(None);
-                    columns.sent_at.push(None);
-                    Some(row)
-                }
-                Outcome::Rejected(rejection) => {
-                    columns.outcome.push("dead_letter");
-                    columns.reason.push(Some(&rejection.code));
-                    columns.detail.push(Some(&rejection.detail));
-                    // Bound to its message id: swapped onto another dead
-                    // letter, it no longer reveals.
-                    columns.body_sealed.push(Some(
-                        keyring.seal(&processed.message.id, processed.message.body.as_bytes()),
-                    ));
-                    columns.detail_sealed.push(
-                        rejection
-                            .transform_detail
-                            .as_ref()
-                            .map(|detail| keyring.seal(&processed.message.id, detail.as_bytes())),
-                    );
-                    columns.sent_at.push(DateTime::<Utc>::from_timestamp_millis(
-                        processed.message.sent_timestamp_ms as i64,
-                    ));
-                    None
-                }
-            };
-            columns.user_id.push(row.and_then(|r| r.user_id.as_deref()));
-            columns
-                .device_type
-                .push(row.and_then(|r| r.device_type.as_deref()));
-            columns
-                .masked_ip
-                .push(row.and_then(|r| r.masked_ip.as_deref()));
-            columns
-                .masked_device_id
-                .push(row.and_then(|r| r.masked_device_id.as_deref()));
-            columns.locale.push(row.and_then(|r| r.locale.as_deref()));
-            columns.app_version.push(row.and_then(|r| r.app_version));
-            columns.create_date.push(row.and_then(|r| r.create_date));
-        }
-        columns
     }
 }
 

@@ -7,7 +7,10 @@
 //! stand alone (see [`vectors::suffice`]), the canary only checks that no row
 //! stores a message's raw `ip` or `device_id` unprotected; when they are too
 //! few, or missing, it also expects every valid login to become a row and the
-//! malformed message a rejection. Only a component that passes is published.
+//! malformed message a rejection. Then its declared tables are checked
+//! against the live database (created if missing and allowed): a component
+//! whose tables do not fit is refused with the DDL that would make them fit.
+//! Only a component that passes is published.
 //! Pollers pick up the published component between batches, so no batch is
 //! split across two components and none is lost or processed twice.
 //!
@@ -32,8 +35,10 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 use wasmtime::Engine;
 
-use crate::record::{Outcome, Row};
+use crate::record::{Outcome, Value};
 use crate::runtime::{Limits, Transform, short};
+use crate::schema::Schema;
+use crate::sink::{Database, PgSink};
 use crate::source::Received;
 use crate::vectors;
 
@@ -184,12 +189,13 @@ async fn canary(transform: &Arc<Transform>, check: CanaryCheck) -> Result<usize>
         .map(|(index, body)| Received::local(format!("canary-{index}"), body, 1_670_839_200_000))
         .collect();
     let mut worker = transform.worker(vectors::test_keyring()).await?;
+    let schema = transform.schema();
     for chunk in messages.chunks(crate::source::MAX_BATCH) {
         let outcomes = worker.run(chunk).await?;
         for (message, outcome) in chunk.iter().zip(&outcomes) {
             match check {
-                CanaryCheck::Full => check_canary_outcome(message, outcome)?,
-                CanaryCheck::PiiOnly => check_no_raw_pii(message, outcome)?,
+                CanaryCheck::Full => check_canary_outcome(schema, message, outcome)?,
+                CanaryCheck::PiiOnly => check_no_raw_pii(schema, message, outcome)?,
             }
         }
     }
@@ -198,36 +204,50 @@ async fn canary(transform: &Arc<Transform>, check: CanaryCheck) -> Result<usize>
 
 /// The full canary's verdict on one outcome: a valid login must become a
 /// row, a malformed message a rejection, and no row may hold raw PII.
-pub fn check_canary_outcome(message: &Received, outcome: &Outcome) -> Result<()> {
+pub fn check_canary_outcome(
+    schema: &Schema,
+    message: &Received,
+    outcome: &Outcome,
+) -> Result<()> {
     let is_login = message.body.contains("\"user_id\"");
     match (is_login, outcome) {
-        (true, Outcome::Row(_)) | (false, Outcome::Rejected(_)) => {}
+        (true, Outcome::Rows(rows)) if !rows.is_empty() => {}
+        (false, Outcome::Rejected(_)) => {}
+        (true, Outcome::Rows(_)) => {
+            bail!("canary {} is a valid login but became no row", message.id)
+        }
         (true, Outcome::Rejected(rejection)) => bail!(
             "canary {} is a valid login but was rejected as `{}`",
             message.id,
             rejection.code
         ),
-        (false, Outcome::Row(_)) => {
-            bail!("canary {} is malformed but became a row", message.id)
+        (false, Outcome::Rows(_)) => {
+            bail!("canary {} is malformed but was not rejected", message.id)
         }
     }
-    check_no_raw_pii(message, outcome)
+    check_no_raw_pii(schema, message, outcome)
 }
 
 /// Refuses a row that stores the message's raw `ip` or `device_id` (as
 /// written, or the ip in canonical form) in any text column: `clear(span)`
 /// is for values the component made harmless, and the host cannot tell.
 /// The error names the field and column, never the value.
-pub fn check_no_raw_pii(message: &Received, outcome: &Outcome) -> Result<()> {
-    let Outcome::Row(row) = outcome else {
+pub fn check_no_raw_pii(schema: &Schema, message: &Received, outcome: &Outcome) -> Result<()> {
+    let Outcome::Rows(rows) = outcome else {
         return Ok(());
     };
+    let tables = schema.tables();
     for (field, raw) in raw_pii(&message.body) {
-        if let Some(column) = column_holding(row, &raw) {
-            bail!(
-                "{} stores the message's raw `{field}` unprotected in `{column}`: protect it (masked or pseudonymized) or store only a harmless derivative in clear",
-                message.id
-            );
+        for row in rows {
+            let table = &tables[row.table];
+            if let Some(column) = column_holding(&row.values, &raw) {
+                bail!(
+                    "{} stores the message's raw `{field}` unprotected in `{}.{}`: protect it (masked or pseudonymized) or store only a harmless derivative in clear",
+                    message.id,
+                    table.name,
+                    table.columns[column].name
+                );
+            }
         }
     }
     Ok(())
@@ -259,22 +279,13 @@ fn raw_pii(body: &str) -> Vec<(&'static str, String)> {
     raw
 }
 
-/// The first text column of `row` that contains `raw` (lower-cased).
-fn column_holding(row: &Row, raw: &str) -> Option<&'static str> {
-    [
-        ("user_id", &row.user_id),
-        ("device_type", &row.device_type),
-        ("masked_ip", &row.masked_ip),
-        ("masked_device_id", &row.masked_device_id),
-        ("locale", &row.locale),
-    ]
-    .into_iter()
-    .find(|(_, value)| {
-        value
-            .as_deref()
-            .is_some_and(|value| value.to_lowercase().contains(raw))
+/// The index of the first text-like value of a row that contains `raw`
+/// (lower-cased).
+fn column_holding(values: &[Option<Value>], raw: &str) -> Option<usize> {
+    values.iter().position(|value| match value {
+        Some(Value::Text(text) | Value::Jsonb(text)) => text.to_lowercase().contains(raw),
+        _ => false,
     })
-    .map(|(column, _)| column)
 }
 
 /// What a path resolves to, cheaply: a change in any part means "read it
@@ -426,6 +437,22 @@ pub struct SwapStats {
     pub failed: AtomicU64,
 }
 
+/// Where a candidate's declared tables are checked before it is published.
+#[derive(Clone)]
+pub struct TableCheck {
+    pub database: Database,
+    /// Create missing tables from the declaration (`--create-tables`).
+    pub create: bool,
+}
+
+impl TableCheck {
+    /// Checks (and, when allowed, creates) `transform`'s tables.
+    pub async fn run(&self, transform: &Transform) -> Result<()> {
+        let mut sink = PgSink::connect(&self.database).await?;
+        sink.prepare_tables(transform.schema(), self.create).await
+    }
+}
+
 /// Watches the component file and publishes validated replacements.
 pub struct Reloader {
     engine: Engine,
@@ -434,6 +461,7 @@ pub struct Reloader {
     current: watch::Sender<Arc<Transform>>,
     stats: Arc<SwapStats>,
     poll: Option<Duration>,
+    tables: Option<TableCheck>,
 }
 
 impl Reloader {
@@ -451,7 +479,16 @@ impl Reloader {
             current,
             stats,
             poll: Some(DEFAULT_POLL),
+            tables: None,
         }
+    }
+
+    /// Checks each candidate's tables against the database before
+    /// publishing it. Without it, a candidate is published on validation
+    /// alone (for tests that run no database).
+    pub fn with_table_check(mut self, tables: TableCheck) -> Self {
+        self.tables = Some(tables);
+        self
     }
 
     /// Period of the fingerprint check that needs no file events; `None`
@@ -541,7 +578,16 @@ impl Reloader {
             _ => {}
         }
         // Compilation runs on a blocking thread inside; validation yields.
-        let candidate = load_validated(&self.engine, &self.path, self.limits).await;
+        let mut candidate = load_validated(&self.engine, &self.path, self.limits).await;
+        if let (Ok((new, _)), Some(tables)) = (&candidate, &self.tables)
+            && new.digest() != old.digest()
+            && let Err(error) = tables.run(new).await
+        {
+            candidate = Err(error.context(format!(
+                "component sha256:{}'s tables do not fit the database; fix them, then swap",
+                short(new.digest())
+            )));
+        }
         match candidate {
             Ok((new, validation)) => {
                 if new.digest() == old.digest() {
@@ -626,75 +672,75 @@ mod tests {
 
     const LOGIN: &str = r#"{"user_id": "u1", "device_type": "ios", "ip": "2001:DB8::0:1", "device_id": "593-47-5928", "locale": "RU", "app_version": "2.3.0"}"#;
 
-    fn login_row() -> Row {
-        Row {
-            user_id: Some("u1".into()),
-            device_type: Some("ios".into()),
-            masked_ip: Some("mp1.test.AAAA".into()),
-            masked_device_id: Some("mp1.test.BBBB".into()),
-            locale: Some("RU".into()),
-            app_version: Some(20300),
-            create_date: None,
-        }
+    fn schema() -> Schema {
+        Schema::new(vec![crate::schema::user_logins()]).unwrap()
     }
+
+    /// A `user_logins` row: user_id, device_type, masked_ip,
+    /// masked_device_id, locale.
+    fn login_row(texts: [&str; 5]) -> Outcome {
+        let mut values: Vec<Option<Value>> = texts
+            .iter()
+            .map(|text| Some(Value::Text((*text).into())))
+            .collect();
+        values.push(Some(Value::Integer(20300)));
+        values.push(None);
+        Outcome::Rows(vec![crate::record::TableRow { table: 0, values }])
+    }
+
+    const SAFE: [&str; 5] = ["u1", "ios", "mp1.test.AAAA", "mp1.test.BBBB", "RU"];
 
     #[test]
     fn the_canary_refuses_raw_pii_in_any_column() {
+        let schema = schema();
         let message = Received::local("canary-7", LOGIN, 0);
-        check_canary_outcome(&message, &Outcome::Row(login_row())).unwrap();
+        check_canary_outcome(&schema, &message, &login_row(SAFE)).unwrap();
+        // as written, canonical (lower case, `::` folded), decorated
         let leaks = [
-            // as written, canonical (lower case, `::` folded), decorated
-            Row {
-                masked_ip: Some("2001:DB8::0:1".into()),
-                ..login_row()
-            },
-            Row {
-                locale: Some("2001:db8::1".into()),
-                ..login_row()
-            },
-            Row {
-                masked_device_id: Some("device:593-47-5928".into()),
-                ..login_row()
-            },
-            Row {
-                user_id: Some("593-47-5928".into()),
-                ..login_row()
-            },
+            (2, "2001:DB8::0:1", "user_logins.masked_ip"),
+            (4, "2001:db8::1", "user_logins.locale"),
+            (3, "device:593-47-5928", "user_logins.masked_device_id"),
+            (0, "593-47-5928", "user_logins.user_id"),
         ];
-        for row in leaks {
-            let error = check_canary_outcome(&message, &Outcome::Row(row.clone()))
+        for (index, leak, column) in leaks {
+            let mut texts = SAFE;
+            texts[index] = leak;
+            let error = check_canary_outcome(&schema, &message, &login_row(texts))
                 .expect_err("a raw value must be refused");
             let error = error.to_string();
             assert!(
                 error.contains("canary-7 stores the message's raw"),
                 "{error}"
             );
+            assert!(error.contains(column), "{error}");
             // The error names the field, never the value.
             assert!(
                 !error.contains("593-47") && !error.contains("db8"),
                 "{error}"
             );
-            assert!(check_no_raw_pii(&message, &Outcome::Row(row)).is_err());
+            assert!(check_no_raw_pii(&schema, &message, &login_row(texts)).is_err());
         }
         // A harmless derivative in clear is fine: the analytics /48.
-        let network = Row {
-            masked_ip: Some("2001:db8::/48".into()),
-            ..login_row()
-        };
-        check_canary_outcome(&message, &Outcome::Row(network)).unwrap();
+        let mut network = SAFE;
+        network[2] = "2001:db8::/48";
+        check_canary_outcome(&schema, &message, &login_row(network)).unwrap();
     }
 
     #[test]
     fn the_full_canary_expects_rows_for_logins_and_rejections_for_the_rest() {
+        let schema = schema();
         let login = Received::local("canary-1", LOGIN, 0);
         let malformed = Received::local("canary-12", r#"{"foo": "oops"}"#, 0);
         let rejected = Outcome::Rejected(crate::record::Rejection::new("wrong_schema", "x"));
-        assert!(check_canary_outcome(&login, &rejected).is_err());
-        assert!(check_canary_outcome(&malformed, &Outcome::Row(login_row())).is_err());
-        check_canary_outcome(&malformed, &rejected).unwrap();
+        let skipped = Outcome::Rows(Vec::new());
+        assert!(check_canary_outcome(&schema, &login, &rejected).is_err());
+        assert!(check_canary_outcome(&schema, &login, &skipped).is_err());
+        assert!(check_canary_outcome(&schema, &malformed, &login_row(SAFE)).is_err());
+        assert!(check_canary_outcome(&schema, &malformed, &skipped).is_err());
+        check_canary_outcome(&schema, &malformed, &rejected).unwrap();
         // The PII-only check has no such expectations.
-        check_no_raw_pii(&login, &rejected).unwrap();
-        check_no_raw_pii(&malformed, &Outcome::Row(login_row())).unwrap();
+        check_no_raw_pii(&schema, &login, &rejected).unwrap();
+        check_no_raw_pii(&schema, &malformed, &login_row(SAFE)).unwrap();
     }
 
     #[test]

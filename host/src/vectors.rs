@@ -6,26 +6,35 @@
 //! {"name": "sample", "body": "{\"user_id\": …}", "sent_timestamp_ms": 1670839200000,
 //!  "expect": {"row": {"user_id": "…", "masked_ip": {"mask": ["ip", "1.2.3.4"]}, "app_version": 20300,
 //!                     "create_date": "2022-12-12", …}}}
+//! {"name": "fan-out", "body": "…", "expect": {"rows": {"user_logins": [{…}], "login_devices": [{…}]}}}
 //! {"name": "wrong schema", "body": "{\"foo\": 1}", "expect": {"rejected": "wrong_schema"}}
 //! ```
 //!
+//! `{"row": {…}}` is exactly one row, in the component's first declared
+//! table; `{"rows": {table: [{…}, …]}}` is exactly these rows in each table
+//! named, in order, and none in any other (`{"rows": {}}`: the message is
+//! skipped). A declared column left out of an expected row must be NULL.
+//!
 //! Vectors run under a fixed, public test key, so `{"mask": [field, value]}`
 //! (or `{"pseudonymize": [field, value]}`) stands for the exact text the host
-//! function returns, and expectations stay readable. A column
-//! left out of an expected row must be NULL. `sent_timestamp_ms` defaults to
-//! 2022-12-12T10:00:00Z.
+//! stores, and expectations stay readable. Other values are written as JSON
+//! spells them: text, numeric and uuid as strings, integers and doubles as
+//! numbers, dates as `YYYY-MM-DD`, timestamps in RFC 3339, jsonb as the JSON
+//! itself. `sent_timestamp_ms` defaults to 2022-12-12T10:00:00Z.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use chrono::NaiveDate;
-use serde_json::Value;
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use serde_json::{Map, Value as Json};
 
 use crate::masking::{Keyring, MasterKey};
-use crate::record::{Outcome, Row};
+use crate::record::{Outcome, TableRow, Value};
 use crate::runtime::{self, Limits, Transform};
+use crate::schema::{ColumnType, Schema, Table};
 use crate::source::{MAX_BATCH, Received};
 
 /// The public key vectors are written against. Never a real key.
@@ -38,10 +47,26 @@ pub fn test_keyring() -> Arc<Keyring> {
     Arc::new(Keyring::new(TEST_KEY_ID, &key, &[]).expect("the test key id is valid"))
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An expected row: column name to value, protections already resolved.
+pub type Cells = Map<String, Json>;
+
+#[derive(Debug, Clone, PartialEq)]
 pub enum Expected {
-    Row(Row),
+    /// Exactly one row, in the first declared table.
+    Row(Cells),
+    /// Exactly these rows per table (tables not named: none).
+    Rows(BTreeMap<String, Vec<Cells>>),
     Rejected(String),
+}
+
+impl Expected {
+    fn expects_rows(&self) -> bool {
+        match self {
+            Expected::Row(_) => true,
+            Expected::Rows(tables) => tables.values().any(|rows| !rows.is_empty()),
+            Expected::Rejected(_) => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -76,18 +101,38 @@ pub fn parse(text: &str, keyring: &Keyring) -> Result<Vec<Vector>> {
 }
 
 fn parse_line(line: &str, line_no: usize, keyring: &Keyring) -> Result<Vector> {
-    let value: Value = serde_json::from_str(line).context("not a JSON object")?;
+    let value: Json = serde_json::from_str(line).context("not a JSON object")?;
     let body = value["body"].as_str().context("`body` must be a string")?;
     let sent_timestamp_ms = match &value["sent_timestamp_ms"] {
-        Value::Null => DEFAULT_SENT_MS,
+        Json::Null => DEFAULT_SENT_MS,
         other => other
             .as_u64()
             .context("`sent_timestamp_ms` must be an unsigned integer")?,
     };
-    let expect = match (&value["expect"]["row"], &value["expect"]["rejected"]) {
-        (Value::Object(row), Value::Null) => Expected::Row(parse_row(row, keyring)?),
-        (Value::Null, Value::String(code)) => Expected::Rejected(code.clone()),
-        _ => bail!("`expect` must be {{\"row\": {{…}}}} or {{\"rejected\": \"code\"}}"),
+    let expect = &value["expect"];
+    let expect = match (&expect["row"], &expect["rows"], &expect["rejected"]) {
+        (Json::Object(row), Json::Null, Json::Null) => Expected::Row(parse_row(row, keyring)?),
+        (Json::Null, Json::Object(tables), Json::Null) => {
+            let mut expected = BTreeMap::new();
+            for (table, rows) in tables {
+                let rows = rows
+                    .as_array()
+                    .with_context(|| format!("`rows.{table}` must be an array of rows"))?;
+                let rows = rows
+                    .iter()
+                    .map(|row| match row {
+                        Json::Object(row) => parse_row(row, keyring),
+                        _ => bail!("`rows.{table}` must hold objects"),
+                    })
+                    .collect::<Result<_>>()?;
+                expected.insert(table.clone(), rows);
+            }
+            Expected::Rows(expected)
+        }
+        (Json::Null, Json::Null, Json::String(code)) => Expected::Rejected(code.clone()),
+        _ => bail!(
+            "`expect` must be {{\"row\": {{…}}}}, {{\"rows\": {{\"table\": [{{…}}]}}}} or {{\"rejected\": \"code\"}}"
+        ),
     };
     Ok(Vector {
         line: line_no,
@@ -97,75 +142,38 @@ fn parse_line(line: &str, line_no: usize, keyring: &Keyring) -> Result<Vector> {
     })
 }
 
-fn parse_row(row: &serde_json::Map<String, Value>, keyring: &Keyring) -> Result<Row> {
-    const COLUMNS: [&str; 7] = [
-        "user_id",
-        "device_type",
-        "masked_ip",
-        "masked_device_id",
-        "locale",
-        "app_version",
-        "create_date",
-    ];
-    if let Some(unknown) = row.keys().find(|k| !COLUMNS.contains(&k.as_str())) {
-        bail!("unknown column `{unknown}` in expected row");
-    }
-    let text = |column: &str| -> Result<Option<String>> {
-        match row.get(column) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(text)) => Ok(Some(text.clone())),
-            Some(Value::Object(spec)) => {
-                let (function, args) = spec
-                    .iter()
-                    .next()
-                    .filter(|_| spec.len() == 1)
-                    .with_context(|| {
-                        format!(
-                            "`{column}`: expected {{\"mask\" or \"pseudonymize\": [field, value]}}"
-                        )
-                    })?;
-                let (Some(field), Some(plain)) = (
-                    args.get(0).and_then(Value::as_str),
-                    args.get(1).and_then(Value::as_str),
-                ) else {
-                    bail!("`{column}`: {function} takes [field, value], both strings");
+/// Resolves `{"mask": [field, value]}` and `{"pseudonymize": …}` to the
+/// text the host would store; every other value is kept as written.
+fn parse_row(row: &Cells, keyring: &Keyring) -> Result<Cells> {
+    let mut cells = Cells::new();
+    for (column, value) in row {
+        let resolved = match value {
+            Json::Object(spec) if spec.len() == 1 => {
+                let (function, args) = spec.iter().next().expect("one entry");
+                let protect = match function.as_str() {
+                    "mask" => Some(Keyring::mask as fn(&Keyring, &str, &str) -> String),
+                    "pseudonymize" => Some(Keyring::pseudonymize as fn(&Keyring, &str, &str) -> String),
+                    _ => None,
                 };
-                match function.as_str() {
-                    "mask" => Ok(Some(keyring.mask(field, plain))),
-                    "pseudonymize" => Ok(Some(keyring.pseudonymize(field, plain))),
-                    other => bail!("`{column}`: unknown function `{other}`"),
+                match protect {
+                    Some(protect) => {
+                        let (Some(field), Some(plain)) = (
+                            args.get(0).and_then(Json::as_str),
+                            args.get(1).and_then(Json::as_str),
+                        ) else {
+                            bail!("`{column}`: {function} takes [field, value], both strings");
+                        };
+                        Json::String(protect(keyring, field, plain))
+                    }
+                    // A jsonb value that happens to have one key.
+                    None => value.clone(),
                 }
             }
-            Some(_) => bail!("`{column}` must be a string, null or {{\"mask\": …}}"),
-        }
-    };
-    let app_version = match row.get("app_version") {
-        None | Some(Value::Null) => None,
-        Some(value) => Some(
-            value
-                .as_i64()
-                .and_then(|v| i32::try_from(v).ok())
-                .context("`app_version` must be a 32-bit integer")?,
-        ),
-    };
-    let create_date = match row.get("create_date") {
-        None | Some(Value::Null) => None,
-        Some(value) => Some(
-            value
-                .as_str()
-                .and_then(|text| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok())
-                .context("`create_date` must be YYYY-MM-DD")?,
-        ),
-    };
-    Ok(Row {
-        user_id: text("user_id")?,
-        device_type: text("device_type")?,
-        masked_ip: text("masked_ip")?,
-        masked_device_id: text("masked_device_id")?,
-        locale: text("locale")?,
-        app_version,
-        create_date,
-    })
+            other => other.clone(),
+        };
+        cells.insert(column.clone(), resolved);
+    }
+    Ok(cells)
 }
 
 /// Golden vectors stand in for the built-in canary only with at least this
@@ -177,7 +185,7 @@ pub const MIN_VECTORS: usize = 5;
 /// canary (see [`MIN_VECTORS`]).
 pub fn suffice(vectors: &[Vector]) -> bool {
     vectors.len() >= MIN_VECTORS
-        && vectors.iter().any(|v| matches!(v.expect, Expected::Row(_)))
+        && vectors.iter().any(|v| v.expect.expects_rows())
         && vectors
             .iter()
             .any(|v| matches!(v.expect, Expected::Rejected(_)))
@@ -187,12 +195,13 @@ pub fn suffice(vectors: &[Vector]) -> bool {
 /// and returns the ones that failed.
 pub async fn check(transform: &Arc<Transform>, vectors: &[Vector]) -> Result<Vec<Failure>> {
     let mut worker = transform.worker(test_keyring()).await?;
+    let schema = transform.schema();
     let mut failures = Vec::new();
     for chunk in vectors.chunks(MAX_BATCH) {
         let messages: Vec<Received> = chunk.iter().map(|v| v.message.clone()).collect();
         let outcomes = worker.run(&messages).await?;
         for (vector, outcome) in chunk.iter().zip(outcomes) {
-            if let Some(diff) = compare(&vector.expect, &outcome) {
+            if let Some(diff) = compare(schema, &vector.expect, &outcome) {
                 failures.push(Failure {
                     line: vector.line,
                     name: vector.name.clone(),
@@ -245,60 +254,140 @@ pub fn assert_all_pass(component: &Path, vectors_file: &Path) {
 }
 
 /// `None` when the outcome is what was expected, else a readable diff.
-fn compare(expected: &Expected, actual: &Outcome) -> Option<String> {
-    match (expected, actual) {
-        (Expected::Rejected(code), Outcome::Rejected(rejection)) if *code == rejection.code => None,
-        (Expected::Row(row), Outcome::Row(actual)) if row == actual => None,
-        (Expected::Row(row), Outcome::Row(actual)) => {
-            let mut diff = String::new();
-            for (column, want, got) in row_cells(row)
-                .into_iter()
-                .zip(row_cells(actual))
-                .map(|((column, want), (_, got))| (column, want, got))
-            {
-                if want != got {
-                    let _ = writeln!(diff, "  {column}: expected {want}, got {got}");
-                }
-            }
-            Some(diff)
+fn compare(schema: &Schema, expected: &Expected, actual: &Outcome) -> Option<String> {
+    let rows = match (expected, actual) {
+        (Expected::Rejected(code), Outcome::Rejected(rejection)) if *code == rejection.code => {
+            return None;
         }
-        (expected, actual) => Some(format!(
-            "  expected {}, got {}\n",
-            describe_expected(expected),
-            describe_outcome(actual)
-        )),
+        (Expected::Row(row), Outcome::Rows(rows)) => {
+            let first = &schema.tables()[0].name;
+            compare_tables(schema, &BTreeMap::from([(first.clone(), vec![row.clone()])]), rows)
+        }
+        (Expected::Rows(tables), Outcome::Rows(rows)) => compare_tables(schema, tables, rows),
+        (expected, actual) => {
+            return Some(format!(
+                "  expected {}, got {}\n",
+                describe_expected(expected),
+                describe_outcome(actual)
+            ));
+        }
+    };
+    (!rows.is_empty()).then_some(rows)
+}
+
+/// Every difference between expected and actual rows, table by table.
+fn compare_tables(
+    schema: &Schema,
+    expected: &BTreeMap<String, Vec<Cells>>,
+    actual: &[TableRow],
+) -> String {
+    let mut diff = String::new();
+    for name in expected.keys() {
+        if schema.table(name).is_none() {
+            let _ = writeln!(diff, "  table `{name}` is not one the component declares");
+        }
+    }
+    for (index, table) in schema.tables().iter().enumerate() {
+        let want = expected.get(&table.name).map_or(&[][..], Vec::as_slice);
+        let got: Vec<&TableRow> = actual.iter().filter(|row| row.table == index).collect();
+        if want.len() != got.len() {
+            let _ = writeln!(
+                diff,
+                "  {}: expected {} rows, got {}",
+                table.name,
+                want.len(),
+                got.len()
+            );
+            continue;
+        }
+        for (number, (want, got)) in want.iter().zip(got).enumerate() {
+            compare_row(table, number, want, got, &mut diff);
+        }
+    }
+    diff
+}
+
+fn compare_row(table: &Table, number: usize, want: &Cells, got: &TableRow, diff: &mut String) {
+    // `user_logins.user_id`, or `login_devices[1].day` past a table's first row.
+    let at = |column: &str| match number {
+        0 => format!("{}.{column}", table.name),
+        n => format!("{}[{n}].{column}", table.name),
+    };
+    for column in want.keys() {
+        if !table.columns.iter().any(|c| c.name == *column) {
+            let _ = writeln!(diff, "  {}: no such column", at(column));
+        }
+    }
+    for (column, got) in table.columns.iter().zip(&got.values) {
+        let want = want.get(&column.name).unwrap_or(&Json::Null);
+        if !matches(column.kind, want, got.as_ref()) {
+            let _ = writeln!(
+                diff,
+                "  {}: expected {}, got {}",
+                at(&column.name),
+                if want.is_null() { "NULL".into() } else { want.to_string() },
+                show(got.as_ref())
+            );
+        }
     }
 }
 
-fn row_cells(row: &Row) -> [(&'static str, String); 7] {
-    let text = |v: &Option<String>| v.as_ref().map_or("NULL".into(), |t| format!("{t:?}"));
-    [
-        ("user_id", text(&row.user_id)),
-        ("device_type", text(&row.device_type)),
-        ("masked_ip", text(&row.masked_ip)),
-        ("masked_device_id", text(&row.masked_device_id)),
-        ("locale", text(&row.locale)),
-        (
-            "app_version",
-            row.app_version.map_or("NULL".into(), |v| v.to_string()),
-        ),
-        (
-            "create_date",
-            row.create_date.map_or("NULL".into(), |d| d.to_string()),
-        ),
-    ]
+/// Whether a stored value is the one a vector wrote, as its column's type
+/// reads it (a timestamp in any RFC 3339 offset, a double as any number).
+fn matches(kind: ColumnType, want: &Json, got: Option<&Value>) -> bool {
+    let Some(got) = got else { return want.is_null() };
+    match got {
+        Value::Text(text) | Value::Numeric(text) | Value::Uuid(text) => {
+            want.as_str() == Some(text.as_str())
+        }
+        Value::Integer(v) => want.as_i64() == Some(i64::from(*v)),
+        Value::Bigint(v) => want.as_i64() == Some(*v),
+        Value::Boolean(v) => want.as_bool() == Some(*v),
+        Value::Double(v) => want.as_f64() == Some(*v),
+        Value::Date(date) => want
+            .as_str()
+            .and_then(|text| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok())
+            == Some(*date),
+        Value::Timestamptz(time) => want
+            .as_str()
+            .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+            .map(|t| t.with_timezone(&Utc))
+            == Some(*time),
+        Value::Jsonb(json) => {
+            matches!(kind, ColumnType::Jsonb)
+                && serde_json::from_str::<Json>(json).ok().as_ref() == Some(want)
+        }
+    }
+}
+
+fn show(value: Option<&Value>) -> String {
+    match value {
+        None => "NULL".into(),
+        Some(Value::Text(text) | Value::Numeric(text) | Value::Uuid(text)) => format!("{text:?}"),
+        Some(Value::Jsonb(json)) => json.clone(),
+        Some(Value::Integer(v)) => v.to_string(),
+        Some(Value::Bigint(v)) => v.to_string(),
+        Some(Value::Boolean(v)) => v.to_string(),
+        Some(Value::Double(v)) => v.to_string(),
+        Some(Value::Date(date)) => format!("\"{date}\""),
+        Some(Value::Timestamptz(time)) => {
+            format!("\"{}\"", time.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        }
+    }
 }
 
 fn describe_expected(expected: &Expected) -> String {
     match expected {
         Expected::Row(_) => "a row".into(),
+        Expected::Rows(_) if !expected.expects_rows() => "no rows (skipped)".into(),
+        Expected::Rows(_) => "rows".into(),
         Expected::Rejected(code) => format!("rejection `{code}`"),
     }
 }
 
 fn describe_outcome(outcome: &Outcome) -> String {
     match outcome {
-        Outcome::Row(_) => "a row".into(),
+        Outcome::Rows(rows) => format!("{} rows", rows.len()),
         Outcome::Rejected(rejection) => {
             format!("rejection `{}` ({})", rejection.code, rejection.detail)
         }
@@ -310,6 +399,10 @@ mod tests {
     use super::*;
     use crate::record::Rejection;
 
+    fn schema() -> Schema {
+        Schema::new(vec![crate::schema::user_logins()]).unwrap()
+    }
+
     #[test]
     fn parses_rows_with_mask_specs_and_rejections() {
         let keyring = test_keyring();
@@ -317,19 +410,28 @@ mod tests {
 {"name": "row", "body": "{}", "expect": {"row": {"user_id": "u", "masked_ip": {"mask": ["ip", "1.2.3.4"]}, "masked_device_id": {"pseudonymize": ["device_id", "d"]}, "app_version": 20300, "create_date": "2022-12-12"}}}
 // comments and blank lines are skipped
 {"name": "bad", "body": "x", "sent_timestamp_ms": 5, "expect": {"rejected": "invalid_json"}}
+{"name": "fan", "body": "{}", "expect": {"rows": {"a": [{"x": 1}, {"x": 2}], "b": []}}}
 "#;
         let vectors = parse(text, &keyring).unwrap();
-        assert_eq!(vectors.len(), 2);
+        assert_eq!(vectors.len(), 3);
         let Expected::Row(row) = &vectors[0].expect else {
             panic!("row expected")
         };
         assert_eq!(
-            row.masked_ip.as_deref(),
+            row["masked_ip"].as_str(),
             Some(keyring.mask("ip", "1.2.3.4").as_str())
         );
-        assert_eq!(row.locale, None);
+        assert_eq!(
+            row["masked_device_id"].as_str(),
+            Some(keyring.pseudonymize("device_id", "d").as_str())
+        );
         assert_eq!(vectors[1].message.sent_timestamp_ms, 5);
         assert_eq!(vectors[1].line, 4);
+        let Expected::Rows(tables) = &vectors[2].expect else {
+            panic!("rows expected")
+        };
+        assert_eq!(tables["a"].len(), 2);
+        assert!(tables["b"].is_empty());
     }
 
     #[test]
@@ -337,13 +439,13 @@ mod tests {
         let keyring = test_keyring();
         let error = parse("{\"body\": \"x\", \"expect\": {}}", &keyring).unwrap_err();
         assert!(format!("{error:#}").contains("line 1"));
-        assert!(
-            parse(
-                r#"{"body": "x", "expect": {"row": {"colour": "red"}}}"#,
-                &keyring
-            )
-            .is_err()
-        );
+        for bad in [
+            r#"{"body": "x", "expect": {"row": {"masked_ip": {"mask": ["ip"]}}}}"#,
+            r#"{"body": "x", "expect": {"rows": {"t": {"x": 1}}}}"#,
+            r#"{"body": "x", "expect": {"rows": {"t": [1]}}}"#,
+        ] {
+            assert!(parse(bad, &keyring).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -351,17 +453,21 @@ mod tests {
         let keyring = test_keyring();
         let row = r#"{"body": "{}", "expect": {"row": {"user_id": "u"}}}"#;
         let rejected = r#"{"body": "x", "expect": {"rejected": "invalid_json"}}"#;
-        let file = |rows: usize, rejections: usize| {
+        let skipped = r#"{"body": "x", "expect": {"rows": {}}}"#;
+        let file = |rows: usize, rejections: usize, skips: usize| {
             let lines: Vec<&str> = std::iter::repeat_n(row, rows)
                 .chain(std::iter::repeat_n(rejected, rejections))
+                .chain(std::iter::repeat_n(skipped, skips))
                 .collect();
             parse(&lines.join("\n"), &keyring).unwrap()
         };
-        assert!(!suffice(&file(0, 0)));
-        assert!(!suffice(&file(3, 1)));
-        assert!(!suffice(&file(5, 0)));
-        assert!(!suffice(&file(0, 5)));
-        assert!(suffice(&file(4, 1)));
+        assert!(!suffice(&file(0, 0, 0)));
+        assert!(!suffice(&file(3, 1, 0)));
+        assert!(!suffice(&file(5, 0, 0)));
+        assert!(!suffice(&file(0, 5, 0)));
+        // Skips are no rows.
+        assert!(!suffice(&file(0, 1, 4)));
+        assert!(suffice(&file(4, 1, 0)));
     }
 
     #[test]
@@ -379,24 +485,71 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
     }
 
+    fn login(user_id: &str) -> Outcome {
+        let mut values = vec![None; 7];
+        values[0] = Some(Value::Text(user_id.into()));
+        values[5] = Some(Value::Integer(20300));
+        Outcome::Rows(vec![TableRow { table: 0, values }])
+    }
+
+    fn cells(json: &str) -> Cells {
+        serde_json::from_str(json).unwrap()
+    }
+
     #[test]
     fn comparison_reports_differing_columns() {
-        let want = Row {
-            user_id: Some("a".into()),
-            ..Row::default()
-        };
-        let got = Row {
-            user_id: Some("b".into()),
-            ..Row::default()
-        };
-        let diff = compare(&Expected::Row(want.clone()), &Outcome::Row(got)).unwrap();
-        assert!(
-            diff.contains("user_id: expected \"a\", got \"b\""),
-            "{diff}"
-        );
-        assert!(compare(&Expected::Row(want.clone()), &Outcome::Row(want)).is_none());
+        let schema = schema();
+        let want = Expected::Row(cells(r#"{"user_id": "a", "app_version": 20300}"#));
+        let diff = compare(&schema, &want, &login("b")).unwrap();
+        assert!(diff.contains("user_id: expected \"a\", got \"b\""), "{diff}");
+        assert!(compare(&schema, &want, &login("a")).is_none());
+        // A column left out must be NULL.
+        let no_version = Expected::Row(cells(r#"{"user_id": "a"}"#));
+        let diff = compare(&schema, &no_version, &login("a")).unwrap();
+        assert!(diff.contains("app_version: expected NULL, got 20300"), "{diff}");
+        // An unknown column or table is a difference, not a pass.
+        let colour = Expected::Row(cells(r#"{"user_id": "a", "app_version": 20300, "colour": "red"}"#));
+        assert!(compare(&schema, &colour, &login("a")).unwrap().contains("colour"));
+        let elsewhere = Expected::Rows(BTreeMap::from([
+            ("user_logins".to_owned(), vec![cells(r#"{"user_id": "a", "app_version": 20300}"#)]),
+            ("other".to_owned(), Vec::new()),
+        ]));
+        assert!(compare(&schema, &elsewhere, &login("a")).unwrap().contains("other"));
+        // Row counts per table.
+        let two = Expected::Rows(BTreeMap::from([(
+            "user_logins".to_owned(),
+            vec![cells(r#"{"user_id": "a"}"#); 2],
+        )]));
+        assert!(compare(&schema, &two, &login("a")).unwrap().contains("expected 2 rows, got 1"));
+        let skipped = Expected::Rows(BTreeMap::new());
+        assert!(compare(&schema, &skipped, &Outcome::Rows(Vec::new())).is_none());
+        assert!(compare(&schema, &skipped, &login("a")).is_some());
         let rejected = Outcome::Rejected(Rejection::new("invalid_ip", "detail"));
-        assert!(compare(&Expected::Rejected("invalid_ip".into()), &rejected).is_none());
-        assert!(compare(&Expected::Rejected("wrong_schema".into()), &rejected).is_some());
+        assert!(compare(&schema, &Expected::Rejected("invalid_ip".into()), &rejected).is_none());
+        assert!(compare(&schema, &Expected::Rejected("wrong_schema".into()), &rejected).is_some());
+        assert!(compare(&schema, &want, &rejected).is_some());
+    }
+
+    #[test]
+    fn values_compare_as_their_types_read_them() {
+        let time = DateTime::from_timestamp(1_670_839_200, 0).unwrap();
+        let cases = [
+            (ColumnType::Timestamptz, r#""2022-12-12T10:00:00Z""#, Value::Timestamptz(time), true),
+            (ColumnType::Timestamptz, r#""2022-12-12T11:00:00+01:00""#, Value::Timestamptz(time), true),
+            (ColumnType::Timestamptz, r#""2022-12-12T10:00:01Z""#, Value::Timestamptz(time), false),
+            (ColumnType::Jsonb, r#"{"b": [1, 2], "a": null}"#, Value::Jsonb(r#"{"a":null,"b":[1,2]}"#.into()), true),
+            (ColumnType::Jsonb, r#"{"a": 1}"#, Value::Jsonb(r#"{"a":2}"#.into()), false),
+            (ColumnType::Double, "1.5", Value::Double(1.5), true),
+            (ColumnType::Bigint, "9007199254740993", Value::Bigint(9_007_199_254_740_993), true),
+            (ColumnType::Boolean, "true", Value::Boolean(false), false),
+            (ColumnType::Numeric, r#""1.50""#, Value::Numeric("1.5".into()), false),
+            (ColumnType::Date, r#""2022-12-12""#, Value::Date(time.date_naive()), true),
+        ];
+        for (kind, want, got, expected) in cases {
+            let want: Json = serde_json::from_str(want).unwrap();
+            assert_eq!(matches(kind, &want, Some(&got)), expected, "{want} {got:?}");
+        }
+        assert!(matches(ColumnType::Integer, &Json::Null, None));
+        assert!(!matches(ColumnType::Integer, &Json::from(0), None));
     }
 }

@@ -54,7 +54,14 @@ fn the_sample_data_gives_99_rows_and_rejects_the_13th_message() {
     let versions: std::collections::HashSet<i32> = outcomes
         .iter()
         .filter_map(|o| match o {
-            Outcome::Row(row) => row.app_version,
+            // app_version is user_logins' sixth column.
+            Outcome::Rows(rows) => match rows[..] {
+                [ref row] => match row.values[5] {
+                    Some(maskpipe::record::Value::Integer(version)) => Some(version),
+                    _ => None,
+                },
+                _ => None,
+            },
             Outcome::Rejected(_) => None,
         })
         .collect();

@@ -345,7 +345,7 @@ async fn a_batch_slower_than_the_visibility_timeout_is_kept_invisible() {
     // three timeouts.
     let target = maskpipe::sink::Database::new(&database, None).unwrap();
     let mut sink = maskpipe::sink::PgSink::connect(&target).await.unwrap();
-    sink.ensure_schema().await.unwrap();
+    prepare_sink(&mut sink).await;
     let mut blocker = query_client(&database).await;
     let lock = blocker.transaction().await.unwrap();
     lock.batch_execute("LOCK TABLE user_logins IN EXCLUSIVE MODE")

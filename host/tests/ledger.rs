@@ -5,7 +5,7 @@ mod common;
 
 use chrono::NaiveDate;
 use common::*;
-use maskpipe::record::{Outcome, Rejection, Row};
+use maskpipe::record::{Outcome, Rejection, TableRow, Value};
 use maskpipe::sink::{Database, PgSink, Processed};
 use maskpipe::source::{Received, SqsSource};
 
@@ -57,15 +57,19 @@ async fn make_visible_again(queue: &SqsSource, messages: &[Received]) {
 }
 
 fn row(user: &str) -> Outcome {
-    Outcome::Row(Row {
-        user_id: Some(user.into()),
-        device_type: Some("ios".into()),
-        masked_ip: Some("mp2.x.y".into()),
-        masked_device_id: Some("mp2.x.z".into()),
-        locale: None,
-        app_version: Some(20300),
-        create_date: NaiveDate::from_ymd_opt(2022, 12, 12),
-    })
+    let text = |text: &str| Some(Value::Text(text.into()));
+    Outcome::Rows(vec![TableRow {
+        table: 0,
+        values: vec![
+            text(user),
+            text("ios"),
+            text("mp2.x.y"),
+            text("mp2.x.z"),
+            None,
+            Some(Value::Integer(20300)),
+            NaiveDate::from_ymd_opt(2022, 12, 12).map(Value::Date),
+        ],
+    }])
 }
 
 async fn write(
@@ -79,7 +83,7 @@ async fn write(
         .zip(&outcomes)
         .map(|(message, outcome)| Processed { message, outcome })
         .collect();
-    sink.write_batch(&batch, digest, &keyring()).await.unwrap()
+    sink.write_batch(&batch, &login_schema(), digest, &keyring()).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -89,9 +93,9 @@ async fn a_redelivered_message_adds_no_second_row_or_dead_letter() {
     let mut sink = PgSink::connect(&Database::new(&url, None).unwrap())
         .await
         .unwrap();
-    sink.ensure_schema().await.unwrap();
+    prepare_sink(&mut sink).await;
     // Creating the schema twice is harmless.
-    sink.ensure_schema().await.unwrap();
+    prepare_sink(&mut sink).await;
 
     queue
         .send(&[body("m1"), body("m2"), body("m3")])
@@ -157,7 +161,7 @@ async fn user_logins_keeps_the_exact_take_home_ddl() {
     let mut sink = PgSink::connect(&Database::new(&url, None).unwrap())
         .await
         .unwrap();
-    sink.ensure_schema().await.unwrap();
+    prepare_sink(&mut sink).await;
     let db = query_client(&url).await;
     let columns: Vec<(String, String, Option<i32>, String)> = db
         .query(
@@ -206,7 +210,7 @@ async fn a_message_id_twice_in_one_batch_takes_its_first_outcome() {
     let mut sink = PgSink::connect(&Database::new(&url, None).unwrap())
         .await
         .unwrap();
-    sink.ensure_schema().await.unwrap();
+    prepare_sink(&mut sink).await;
     let ring = keyring();
     let db = query_client(&url).await;
     for round in 0..8 {
@@ -231,7 +235,7 @@ async fn a_message_id_twice_in_one_batch_takes_its_first_outcome() {
                 .zip(&outcomes)
                 .map(|(message, outcome)| Processed { message, outcome })
                 .collect();
-            let report = sink.write_batch(&batch, "digest", &ring).await.unwrap();
+            let report = sink.write_batch(&batch, &login_schema(), "digest", &ring).await.unwrap();
             assert_eq!(
                 report.duplicates, 1,
                 "round {round}: the second copy is a duplicate"
@@ -267,7 +271,7 @@ async fn pruning_deletes_only_ledger_rows_older_than_the_retention_in_batches() 
     let mut sink = PgSink::connect(&Database::new(&url, None).unwrap())
         .await
         .unwrap();
-    sink.ensure_schema().await.unwrap();
+    prepare_sink(&mut sink).await;
     let db = query_client(&url).await;
     let insert = |prefix: &str, count: i32, age: &str| {
         format!(
@@ -357,7 +361,7 @@ async fn maskpipe_run_prunes_the_ledger_in_the_background_and_warns_of_a_short_r
     let mut sink = PgSink::connect(&Database::new(&database, None).unwrap())
         .await
         .unwrap();
-    sink.ensure_schema().await.unwrap();
+    prepare_sink(&mut sink).await;
     let db = query_client(&database).await;
     db.batch_execute(
         "INSERT INTO maskpipe_processed (message_id, outcome, component_digest, processed_at)

@@ -45,7 +45,8 @@ fn codes(outcomes: &[Outcome]) -> Vec<&str> {
     outcomes
         .iter()
         .map(|o| match o {
-            Outcome::Row(_) => "row",
+            Outcome::Rows(rows) if rows.len() == 1 => "row",
+            Outcome::Rows(_) => "rows",
             Outcome::Rejected(r) => r.code.as_str(),
         })
         .collect()
@@ -54,7 +55,7 @@ fn codes(outcomes: &[Outcome]) -> Vec<&str> {
 fn rejection(outcome: &Outcome) -> &Rejection {
     match outcome {
         Outcome::Rejected(rejection) => rejection,
-        Outcome::Row(_) => panic!("expected a rejection"),
+        Outcome::Rows(_) => panic!("expected a rejection"),
     }
 }
 

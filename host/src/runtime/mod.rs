@@ -2,7 +2,7 @@
 //!
 //! All host glue for the `maskpipe:transform/transformer` world lives in the
 //! one `bindgen!` below. A [`Transform`] is a checked, compiled component
-//! with the reason codes it declared; a [`Worker`] is one reusable instance
+//! with the tables and reason codes it declared ([`declaration`]); a [`Worker`] is one reusable instance
 //! of it (one per poller), called once per batch under a deadline and the
 //! limits of [`sandbox`]. When a batch call fails the worker recycles its
 //! instance and retries message by message, so only the poison message is
@@ -32,8 +32,10 @@ use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
 
 use crate::masking::Keyring;
 use crate::record::{Outcome, Rejection, reason};
+use crate::schema::Schema;
 use crate::source::Received;
 
+mod declaration;
 mod outcome;
 pub mod sandbox;
 
@@ -133,13 +135,14 @@ pub fn engine_with_cache(cache_dir: Option<&Path>) -> Result<Engine> {
 }
 
 /// A compiled component that passed the import check, exports the world
-/// and declared valid reason codes.
+/// and declared valid tables and reason codes.
 pub struct Transform {
     engine: Engine,
     pre: TransformerPre<HostState>,
     digest: String,
     size: usize,
     limits: Limits,
+    schema: Arc<Schema>,
     reason_codes: ReasonCodes,
 }
 
@@ -153,7 +156,7 @@ impl Transform {
     }
 
     /// Compiles (on a blocking thread: a large component takes seconds),
-    /// checks, and asks the component for its reason codes.
+    /// checks, and asks the component for its tables and reason codes.
     pub async fn from_bytes(engine: &Engine, bytes: Vec<u8>, limits: Limits) -> Result<Self> {
         let digest = digest(&bytes);
         let size = bytes.len();
@@ -161,24 +164,20 @@ impl Transform {
         let pre = tokio::task::spawn_blocking(move || prepare(&compiling, &bytes))
             .await
             .context("the compiling thread failed")??;
-        let mut transform = Self {
+        let (mut store, instance) = instantiate(engine, &pre, limits).await?;
+        let declared = bounded(limits.deadline, instance.call_describe(&mut store))
+            .await
+            .map_err(|failure| anyhow!("its describe call failed: {}", failure.detail))?;
+        let (schema, reason_codes) = declaration::check(declared)?;
+        Ok(Self {
             engine: engine.clone(),
             pre,
             digest,
             size,
             limits,
-            reason_codes: ReasonCodes::default(),
-        };
-        let (mut store, instance) = transform.instantiate().await?;
-        let declared = bounded(
-            transform.limits.deadline,
-            instance.call_reason_codes(&mut store),
-        )
-        .await
-        .map_err(|failure| anyhow!("its reason-codes call failed: {}", failure.detail))?;
-        transform.reason_codes = ReasonCodes::new(declared)
-            .map_err(|problem| anyhow!("it declares unusable reason codes: {problem}"))?;
-        Ok(transform)
+            schema: Arc::new(schema),
+            reason_codes,
+        })
     }
 
     /// SHA-256 of the component file, hex: recorded with every message.
@@ -195,6 +194,11 @@ impl Transform {
         self.reason_codes.as_slice()
     }
 
+    /// The tables the component declared.
+    pub fn schema(&self) -> &Arc<Schema> {
+        &self.schema
+    }
+
     /// A fresh instance, ready for batches, masking with `keyring`.
     pub async fn worker(self: &Arc<Self>, keyring: Arc<Keyring>) -> Result<Worker> {
         let (store, instance) = self.instantiate().await?;
@@ -208,30 +212,38 @@ impl Transform {
     }
 
     async fn instantiate(&self) -> Result<(Store<HostState>, Transformer)> {
-        let mut store = Store::new(&self.engine, HostState::new(self.limits.memory_bytes));
-        store.limiter(|state| &mut state.limiter);
-        // Yield at every tick: a busy component shares the executor thread
-        // instead of holding it, and its caller's timeout gets to run.
-        // Through tokio's `yield_now`, which wakes the component only after
-        // the runtime has polled its sockets and timers: a plain yield puts
-        // it straight back on the thread, and I/O (`/healthz`, SQS,
-        // PostgreSQL) then waits up to 61 ticks, about 600 ms.
-        store.epoch_deadline_callback(|_| {
-            Ok(UpdateDeadline::YieldCustom(
-                1,
-                Box::pin(tokio::task::yield_now()),
-            ))
-        });
-        let instance = tokio::time::timeout(
-            self.limits.instantiate_budget(),
-            self.pre.instantiate_async(&mut store),
-        )
-        .await
-        .map_err(|_| anyhow!("instantiating the transform component timed out"))?
-        .map_err(anyhow::Error::from)
-        .context("cannot instantiate the transform component")?;
-        Ok((store, instance))
+        instantiate(&self.engine, &self.pre, self.limits).await
     }
+}
+
+async fn instantiate(
+    engine: &Engine,
+    pre: &TransformerPre<HostState>,
+    limits: Limits,
+) -> Result<(Store<HostState>, Transformer)> {
+    let mut store = Store::new(engine, HostState::new(limits.memory_bytes));
+    store.limiter(|state| &mut state.limiter);
+    // Yield at every tick: a busy component shares the executor thread
+    // instead of holding it, and its caller's timeout gets to run.
+    // Through tokio's `yield_now`, which wakes the component only after
+    // the runtime has polled its sockets and timers: a plain yield puts
+    // it straight back on the thread, and I/O (`/healthz`, SQS,
+    // PostgreSQL) then waits up to 61 ticks, about 600 ms.
+    store.epoch_deadline_callback(|_| {
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(tokio::task::yield_now()),
+        ))
+    });
+    let instance = tokio::time::timeout(
+        limits.instantiate_budget(),
+        pre.instantiate_async(&mut store),
+    )
+    .await
+    .map_err(|_| anyhow!("instantiating the transform component timed out"))?
+    .map_err(anyhow::Error::from)
+    .context("cannot instantiate the transform component")?;
+    Ok((store, instance))
 }
 
 /// Compiles and links a component: everything about it that is fixed.
@@ -336,23 +348,11 @@ impl Worker {
             }
             failure
         })?;
-        if outcomes.each.len() != messages.len() {
-            return Err(Rejection::new(
-                reason::CONTRACT_VIOLATION,
-                format!(
-                    "the transform returned {} outcomes for {} messages",
-                    outcomes.each.len(),
-                    messages.len()
-                ),
-            ));
-        }
-        let text = outcomes.text.as_str();
-        let codes = &self.transform.reason_codes;
-        Ok(outcomes
-            .each
-            .into_iter()
-            .map(|outcome| outcome::from_wit(outcome, text, &self.keyring, codes))
-            .collect())
+        let declared = outcome::Declared {
+            schema: &self.transform.schema,
+            codes: &self.transform.reason_codes,
+        };
+        outcome::from_wit(outcomes, messages.len(), &declared, &self.keyring)
     }
 
     /// A trap or an abandoned call can leave an instance inconsistent: start afresh.

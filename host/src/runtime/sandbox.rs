@@ -24,7 +24,7 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, Was
 use super::bindings::maskpipe::transform::types as wit;
 
 /// The version of `wit/transform.wit` this host speaks.
-pub(super) const CONTRACT_VERSION: &str = "0.4.0";
+pub(super) const CONTRACT_VERSION: &str = "1.0.0";
 
 /// Interfaces a component may import. WASI is linked with an empty context,
 /// so these are inert: they exist because Rust's std for `wasm32-wasip2`

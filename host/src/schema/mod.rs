@@ -145,7 +145,9 @@ pub enum SchemaError {
     DuplicateColumn(String, String),
     #[error("column {0}.{1} is text of length {2} (1 to {MAX_TEXT_CHARS})")]
     BadTextLimit(String, String, u32),
-    #[error("PII column {0}.{1} names no valid message field, or allows no protection")]
+    #[error(
+        "PII column {0}.{1} names no valid message field, allows no protection, or is not text"
+    )]
     BadPii(String, String),
 }
 
@@ -201,7 +203,9 @@ impl Schema {
                 if let Some(pii) = &column.pii {
                     let allows = pii.allows;
                     let protected = allows.masked || allows.pseudonymized || allows.clear;
-                    if !protected || !is_field_name(&pii.field) {
+                    // Protection turns a value into text: only text holds it.
+                    let text = matches!(column.kind, ColumnType::Text { .. });
+                    if !protected || !text || !is_field_name(&pii.field) {
                         let (t, c) = qualified();
                         return Err(SchemaError::BadPii(t, c));
                     }
@@ -245,6 +249,46 @@ impl Column {
 impl fmt::Display for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.create_sql())
+    }
+}
+
+/// The take-home's `user_logins`, as the reference transform declares it:
+/// for tests and the benchmark's native baseline, which run no component.
+pub fn user_logins() -> Table {
+    let text = |name: &str, max_chars| Column {
+        name: name.into(),
+        kind: ColumnType::Text { max_chars },
+        nullable: true,
+        pii: None,
+    };
+    let pii = |name: &str, field: &str| Column {
+        pii: Some(Pii {
+            field: field.into(),
+            allows: Allows {
+                masked: true,
+                pseudonymized: true,
+                clear: true,
+            },
+        }),
+        ..text(name, 256)
+    };
+    let typed = |name: &str, kind| Column {
+        name: name.into(),
+        kind,
+        nullable: true,
+        pii: None,
+    };
+    Table {
+        name: "user_logins".into(),
+        columns: vec![
+            text("user_id", 128),
+            text("device_type", 32),
+            pii("masked_ip", "ip"),
+            pii("masked_device_id", "device_id"),
+            text("locale", 32),
+            typed("app_version", ColumnType::Integer),
+            typed("create_date", ColumnType::Date),
+        ],
     }
 }
 
@@ -545,6 +589,12 @@ mod tests {
                 ..Allows::default()
             },
         });
-        assert!(Schema::new(vec![table("t", vec![ip])]).is_ok());
+        assert!(Schema::new(vec![table("t", vec![ip.clone()])]).is_ok());
+        // Protection makes text: an integer column cannot hold it.
+        ip.kind = ColumnType::Integer;
+        assert_eq!(
+            Schema::new(vec![table("t", vec![ip])]),
+            Err(SchemaError::BadPii("t".into(), "masked_ip".into()))
+        );
     }
 }

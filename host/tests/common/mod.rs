@@ -136,7 +136,9 @@ pub fn maskpipe() -> tokio::process::Command {
     }
     command
         .env("MASKPIPE_MASTER_KEY", KEY_HEX)
-        .env("MASKPIPE_KEY_ID", KEY_ID);
+        .env("MASKPIPE_KEY_ID", KEY_ID)
+        // Every test starts from an empty database.
+        .env("MASKPIPE_CREATE_TABLES", "true");
     command.kill_on_drop(true);
     command
 }
@@ -390,4 +392,20 @@ pub async fn drain_until_empty(queue: &SqsSource, database: &str, endpoint: Opti
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The reference transform's declaration (`user_logins`), one `Arc` for the
+/// whole test binary, as a running host holds one per component.
+pub fn login_schema() -> Arc<maskpipe::schema::Schema> {
+    static SCHEMA: std::sync::OnceLock<Arc<maskpipe::schema::Schema>> =
+        std::sync::OnceLock::new();
+    Arc::clone(SCHEMA.get_or_init(|| {
+        Arc::new(maskpipe::schema::Schema::new(vec![maskpipe::schema::user_logins()]).unwrap())
+    }))
+}
+
+/// maskpipe's tables and `user_logins`, as a host's startup makes them.
+pub async fn prepare_sink(sink: &mut maskpipe::sink::PgSink) {
+    sink.ensure_schema().await.unwrap();
+    sink.prepare_tables(&login_schema(), true).await.unwrap();
 }

@@ -32,7 +32,8 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use login_core::{MaskBoth, Protected};
 use maskpipe::masking::{Keyring, MasterKey};
-use maskpipe::record::{Outcome, Row};
+use maskpipe::record::{Outcome, TableRow, Value};
+use maskpipe::schema::Schema;
 use maskpipe::runtime::{self, Limits, Transform};
 use maskpipe::sink::{Database, PgSink, Processed};
 use maskpipe::source::{Received, SqsSource};
@@ -336,22 +337,36 @@ fn native_outcome(body: &str, sent_timestamp_ms: u64, keyring: &Keyring) -> Outc
     };
     match login_core::transform(body, sent_timestamp_ms, &MaskBoth) {
         Ok(row) => {
-            let row = Row {
-                user_id: Some(row.user_id),
-                device_type: Some(row.device_type),
-                masked_ip: Some(protect("ip", row.masked_ip)),
-                masked_device_id: Some(protect("device_id", row.masked_device_id)),
-                locale: row.locale,
-                app_version: Some(row.app_version),
-                create_date: chrono::NaiveDate::from_ymd_opt(
+            let values = vec![
+                Some(Value::Text(row.user_id)),
+                Some(Value::Text(row.device_type)),
+                Some(Value::Text(protect("ip", row.masked_ip))),
+                Some(Value::Text(protect("device_id", row.masked_device_id))),
+                row.locale.map(Value::Text),
+                Some(Value::Integer(row.app_version)),
+                chrono::NaiveDate::from_ymd_opt(
                     row.create_date.year,
                     row.create_date.month.into(),
                     row.create_date.day.into(),
-                ),
-            };
-            match row.check_columns() {
-                Ok(()) => Outcome::Row(row),
-                Err(rejection) => Outcome::Rejected(rejection),
+                )
+                .map(Value::Date),
+            ];
+            // The same limits the runtime checks, from the declaration.
+            let fits = USER_LOGINS.columns.iter().zip(&values).all(|(column, value)| {
+                match (column.kind, value) {
+                    (maskpipe::schema::ColumnType::Text { max_chars }, Some(Value::Text(text))) => {
+                        !text.contains('\0') && text.chars().count() <= max_chars as usize
+                    }
+                    _ => true,
+                }
+            });
+            if fits {
+                Outcome::Rows(vec![TableRow { table: 0, values }])
+            } else {
+                Outcome::Rejected(maskpipe::record::Rejection::new(
+                    maskpipe::record::reason::COLUMN_OVERFLOW,
+                    "a value does not fit its column",
+                ))
             }
         }
         Err(rejection) => Outcome::Rejected(maskpipe::record::Rejection::new(
@@ -359,6 +374,22 @@ fn native_outcome(body: &str, sent_timestamp_ms: u64, keyring: &Keyring) -> Outc
             rejection.detail,
         )),
     }
+}
+
+static USER_LOGINS: std::sync::LazyLock<maskpipe::schema::Table> =
+    std::sync::LazyLock::new(maskpipe::schema::user_logins);
+
+/// The reference transform's declaration, for the stages that run no
+/// component.
+fn login_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![maskpipe::schema::user_logins()]).expect("user_logins is valid"))
+}
+
+/// maskpipe's own tables and `user_logins`, as a host's startup makes them.
+async fn prepare_database(url: &Database) -> Result<()> {
+    let mut sink = PgSink::connect(url).await?;
+    sink.ensure_schema().await?;
+    sink.prepare_tables(&login_schema(), true).await
 }
 
 async fn fresh_database(admin_url: &str, tag: &str) -> Result<String> {
@@ -406,7 +437,7 @@ async fn bench_sink(
     for run in 0..args.runs {
         let database = fresh_database(admin_url, "sink").await?;
         let url = Database::new(&database, None)?;
-        PgSink::connect(&url).await?.ensure_schema().await?;
+        prepare_database(&url).await?;
         rates.push(sink_once(&url, run, &messages, &outcomes, keyring).await?);
         drop_database(admin_url, &database).await?;
     }
@@ -431,9 +462,7 @@ async fn bench_sink_full_ledger(
     let (messages, outcomes) = sink_input(args, keyring);
     let database = fresh_database(admin_url, "ledger").await?;
     let url = Database::new(&database, None)?.with_timeout(std::time::Duration::from_secs(3600));
-    let mut sink = PgSink::connect(&url).await?;
-    sink.ensure_schema().await?;
-    drop(sink);
+    prepare_database(&url).await?;
     let (client, connection) = tokio_postgres::connect(&database, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     let filling = Instant::now();
@@ -498,14 +527,16 @@ async fn sink_once(
             })
             .collect::<Vec<_>>(),
     );
+    let schema = login_schema();
     let started = Instant::now();
     let mut writers = tokio::task::JoinSet::new();
     for writer in 0..SINK_CONNECTIONS {
-        let (url, messages, outcomes, keyring) = (
+        let (url, messages, outcomes, keyring, schema) = (
             url.clone(),
             Arc::clone(&messages),
             Arc::clone(outcomes),
             Arc::clone(keyring),
+            Arc::clone(&schema),
         );
         writers.spawn(async move {
             let mut sink = PgSink::connect(&url).await?;
@@ -519,7 +550,7 @@ async fn sink_once(
                     .zip(&outcomes[range])
                     .map(|(message, outcome)| Processed { message, outcome })
                     .collect();
-                sink.write_batch(&batch, "bench", &keyring).await?;
+                sink.write_batch(&batch, &schema, "bench", &keyring).await?;
             }
             anyhow::Ok(())
         });
@@ -635,6 +666,7 @@ async fn host_drain(
                 .args([
                     "run",
                     "--drain",
+                    "--create-tables",
                     "--wait-seconds",
                     "1",
                     "--progress-seconds",

@@ -31,7 +31,7 @@ up:
 down:
     @scripts/stack.sh down
 
-# Build every transform component and put its golden vectors beside it (NAME.vectors.jsonl), where hot swap looks for them.
+# Build every transform component (every cdylib under transform-wasm/) and put its golden vectors beside it (NAME.vectors.jsonl), where hot swap looks for them.
 build-transform: toolchain
     #!/usr/bin/env bash
     set -euo pipefail
@@ -47,9 +47,15 @@ build-transform: toolchain
         cp "$(dirname "$manifest")/vectors.jsonl" "target/{{wasm_target}}/release/$file.vectors.jsonl"
     done
 
-# Build the hostile test components (sandbox and validation tests).
+# Build the test fixture components (sandbox, validation and schema tests): every host/tests/fixtures/*, e.g. target/wasm32-wasip2/release/fixture_hostile.wasm.
 build-fixtures: toolchain
-    cargo build --release --target {{wasm_target}} -p fixture-hostile -p fixture-fs-reader -p fixture-leaky
+    #!/usr/bin/env bash
+    set -euo pipefail
+    packages=()
+    for manifest in host/tests/fixtures/*/Cargo.toml; do
+        packages+=(-p "$(sed -n 's/^name = "\(.*\)"/\1/p' "$manifest" | head -1)")
+    done
+    cargo build --release --target {{wasm_target}} "${packages[@]}"
 
 # Scaffold a new transform crate under transform-wasm/NAME that builds and passes its own vectors.
 new-transform name:
@@ -183,10 +189,10 @@ lint: toolchain
     set -euo pipefail
     cargo fmt --all -- --check
     cargo clippy --release --workspace --all-targets -- -D warnings
-    # The transforms (found as build-transform finds them), their shared
-    # login-core (whose arena is wasm-only) and the sandbox fixtures.
-    packages=(-p login-core -p fixture-hostile -p fixture-fs-reader -p fixture-leaky)
-    for manifest in transform-wasm/Cargo.toml transform-wasm/*/Cargo.toml; do
+    # The transforms (found as build-transform finds them), the guest
+    # toolkit (whose arena is wasm-only), login-core and the fixtures.
+    packages=(-p maskpipe-guest -p login-core)
+    for manifest in transform-wasm/Cargo.toml transform-wasm/*/Cargo.toml host/tests/fixtures/*/Cargo.toml; do
         grep -q cdylib "$manifest" || continue
         packages+=(-p "$(sed -n 's/^name = "\(.*\)"/\1/p' "$manifest" | head -1)")
     done

@@ -378,6 +378,9 @@ fn print_summary(summary: &Summary, started: Instant, ending: &str, left: Option
         }
     );
     let _ = writeln!(out, "  duplicates skipped  {}", summary.duplicates);
+    if summary.skipped > 0 {
+        let _ = writeln!(out, "  made no rows        {}", summary.skipped);
+    }
     if summary.delete_failures > 0 {
         let _ = writeln!(
             out,

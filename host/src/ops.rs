@@ -27,6 +27,7 @@ use crate::source::SqsSource;
 pub const RECEIVED: &str = "maskpipe_messages_received_total";
 pub const ROWS: &str = "maskpipe_rows_written_total";
 pub const DUPLICATES: &str = "maskpipe_duplicates_skipped_total";
+pub const NO_ROWS: &str = "maskpipe_messages_without_rows_total";
 pub const DEAD_LETTERS: &str = "maskpipe_dead_letters_total";
 pub const DELETES_FAILED: &str = "maskpipe_deletes_failed_total";
 pub const TRANSFORM_SECONDS: &str = "maskpipe_transform_seconds";
@@ -60,7 +61,11 @@ pub fn install_recorder() -> Result<PrometheusHandle> {
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     metrics::describe_counter!(RECEIVED, "Messages received from SQS");
-    metrics::describe_counter!(ROWS, "Rows written to user_logins");
+    metrics::describe_counter!(ROWS, "Rows written to the transform's tables");
+    metrics::describe_counter!(
+        NO_ROWS,
+        "Messages the transform made no rows of (ledger: skipped)"
+    );
     metrics::describe_counter!(DUPLICATES, "Redelivered messages skipped by the ledger");
     metrics::describe_counter!(
         DEAD_LETTERS,
@@ -105,6 +110,7 @@ pub fn install_recorder() -> Result<PrometheusHandle> {
         RECEIVED,
         ROWS,
         DUPLICATES,
+        NO_ROWS,
         DELETES_FAILED,
         POLLER_RESTARTS,
         LEDGER_PRUNED,

@@ -66,6 +66,7 @@ pub struct Stats {
     rows: AtomicU64,
     dead_letters: AtomicU64,
     duplicates: AtomicU64,
+    skipped: AtomicU64,
     delete_failures: AtomicU64,
     dead_letters_by_reason: Mutex<BTreeMap<String, u64>>,
     /// Poller failures injected so far (`Settings::inject_poller_failures`).
@@ -84,6 +85,8 @@ pub struct Summary {
     pub rows: u64,
     pub dead_letters: u64,
     pub duplicates: u64,
+    /// Messages that made no rows.
+    pub skipped: u64,
     pub delete_failures: u64,
     pub dead_letters_by_reason: BTreeMap<String, u64>,
     /// Seconds from the first message received to the last batch finished.
@@ -96,6 +99,7 @@ impl Stats {
     fn record(&self, report: &WriteReport) {
         metrics::counter!(ops::ROWS).increment(report.rows as u64);
         metrics::counter!(ops::DUPLICATES).increment(report.duplicates as u64);
+        metrics::counter!(ops::NO_ROWS).increment(report.skipped as u64);
         for reason in &report.dead_letter_reasons {
             metrics::counter!(ops::DEAD_LETTERS, "reason" => ops::reason_label(reason))
                 .increment(1);
@@ -105,6 +109,8 @@ impl Stats {
             .fetch_add(report.dead_letter_reasons.len() as u64, Ordering::Relaxed);
         self.duplicates
             .fetch_add(report.duplicates as u64, Ordering::Relaxed);
+        self.skipped
+            .fetch_add(report.skipped as u64, Ordering::Relaxed);
         if !report.dead_letter_reasons.is_empty() {
             let mut by_reason = self
                 .dead_letters_by_reason
@@ -122,6 +128,7 @@ impl Stats {
             rows: self.rows.load(Ordering::Relaxed),
             dead_letters: self.dead_letters.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
             delete_failures: self.delete_failures.load(Ordering::Relaxed),
             dead_letters_by_reason: self
                 .dead_letters_by_reason
@@ -143,6 +150,7 @@ impl Stats {
         self.rows.load(Ordering::Relaxed)
             + self.dead_letters.load(Ordering::Relaxed)
             + self.duplicates.load(Ordering::Relaxed)
+            + self.skipped.load(Ordering::Relaxed)
     }
 
     fn mark_active(&self, first: Instant) {
@@ -211,7 +219,10 @@ impl Pipeline {
         // The running component's tables must fit before any batch: a swap
         // checks its own before it is published.
         first_sink
-            .prepare_tables(self.current_transform().schema(), self.settings.create_tables)
+            .prepare_tables(
+                self.current_transform().schema(),
+                self.settings.create_tables,
+            )
             .await?;
         // Fail now, not in every poller, if the component cannot run at all.
         let first_worker = self
@@ -479,10 +490,7 @@ impl Poller {
 
     /// The outcomes, and the component that made them (whose declaration
     /// and digest the write needs).
-    async fn transform(
-        &mut self,
-        messages: &[Received],
-    ) -> Option<(Vec<Outcome>, Arc<Transform>)> {
+    async fn transform(&mut self, messages: &[Received]) -> Option<(Vec<Outcome>, Arc<Transform>)> {
         // Again after receiving: a swap published during the receive applies
         // to this batch. Failing here leaves the batch to SQS; the next loop
         // backs off before receiving again.
@@ -619,6 +627,7 @@ impl Poller {
         let right = self.write_isolating(right, component, true).await?;
         report.rows += right.rows;
         report.duplicates += right.duplicates;
+        report.skipped += right.skipped;
         report.dead_letter_reasons.extend(right.dead_letter_reasons);
         Some(report)
     }

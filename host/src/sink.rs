@@ -120,6 +120,8 @@ pub struct WriteReport {
     pub dead_letter_reasons: Vec<String>,
     /// Messages whose id the ledger already held: redeliveries.
     pub duplicates: usize,
+    /// Messages that made no rows (recorded in the ledger as `skipped`).
+    pub skipped: usize,
 }
 
 /// One message and what the transform made of it.
@@ -374,11 +376,9 @@ impl PgSink {
     /// an index.
     pub async fn prepare_tables(&mut self, schema: &Schema, create: bool) -> Result<()> {
         let deadline = self.deadline.max(SCHEMA_DEADLINE);
-        let outcome = tokio::time::timeout(
-            deadline,
-            catalog::prepare(&mut self.client, schema, create),
-        )
-        .await;
+        let outcome =
+            tokio::time::timeout(deadline, catalog::prepare(&mut self.client, schema, create))
+                .await;
         self.settle(deadline, outcome)
     }
 
@@ -431,10 +431,12 @@ impl PgSink {
         let claimed: i64 = result.get(0);
         let rows: i64 = result.get(1);
         let dead_letter_reasons: Vec<String> = result.get(2);
+        let skipped: i64 = result.get(3);
         Ok(WriteReport {
             rows: rows as usize,
             dead_letter_reasons,
             duplicates: batch.len() - claimed as usize,
+            skipped: skipped as usize,
         })
     }
 }

@@ -204,11 +204,7 @@ async fn canary(transform: &Arc<Transform>, check: CanaryCheck) -> Result<usize>
 
 /// The full canary's verdict on one outcome: a valid login must become a
 /// row, a malformed message a rejection, and no row may hold raw PII.
-pub fn check_canary_outcome(
-    schema: &Schema,
-    message: &Received,
-    outcome: &Outcome,
-) -> Result<()> {
+pub fn check_canary_outcome(schema: &Schema, message: &Received, outcome: &Outcome) -> Result<()> {
     let is_login = message.body.contains("\"user_id\"");
     match (is_login, outcome) {
         (true, Outcome::Rows(rows)) if !rows.is_empty() => {}

@@ -152,7 +152,9 @@ fn parse_row(row: &Cells, keyring: &Keyring) -> Result<Cells> {
                 let (function, args) = spec.iter().next().expect("one entry");
                 let protect = match function.as_str() {
                     "mask" => Some(Keyring::mask as fn(&Keyring, &str, &str) -> String),
-                    "pseudonymize" => Some(Keyring::pseudonymize as fn(&Keyring, &str, &str) -> String),
+                    "pseudonymize" => {
+                        Some(Keyring::pseudonymize as fn(&Keyring, &str, &str) -> String)
+                    }
                     _ => None,
                 };
                 match protect {
@@ -261,7 +263,11 @@ fn compare(schema: &Schema, expected: &Expected, actual: &Outcome) -> Option<Str
         }
         (Expected::Row(row), Outcome::Rows(rows)) => {
             let first = &schema.tables()[0].name;
-            compare_tables(schema, &BTreeMap::from([(first.clone(), vec![row.clone()])]), rows)
+            compare_tables(
+                schema,
+                &BTreeMap::from([(first.clone(), vec![row.clone()])]),
+                rows,
+            )
         }
         (Expected::Rows(tables), Outcome::Rows(rows)) => compare_tables(schema, tables, rows),
         (expected, actual) => {
@@ -325,7 +331,11 @@ fn compare_row(table: &Table, number: usize, want: &Cells, got: &TableRow, diff:
                 diff,
                 "  {}: expected {}, got {}",
                 at(&column.name),
-                if want.is_null() { "NULL".into() } else { want.to_string() },
+                if want.is_null() {
+                    "NULL".into()
+                } else {
+                    want.to_string()
+                },
                 show(got.as_ref())
             );
         }
@@ -335,7 +345,9 @@ fn compare_row(table: &Table, number: usize, want: &Cells, got: &TableRow, diff:
 /// Whether a stored value is the one a vector wrote, as its column's type
 /// reads it (a timestamp in any RFC 3339 offset, a double as any number).
 fn matches(kind: ColumnType, want: &Json, got: Option<&Value>) -> bool {
-    let Some(got) = got else { return want.is_null() };
+    let Some(got) = got else {
+        return want.is_null();
+    };
     match got {
         Value::Text(text) | Value::Numeric(text) | Value::Uuid(text) => {
             want.as_str() == Some(text.as_str())
@@ -344,15 +356,17 @@ fn matches(kind: ColumnType, want: &Json, got: Option<&Value>) -> bool {
         Value::Bigint(v) => want.as_i64() == Some(*v),
         Value::Boolean(v) => want.as_bool() == Some(*v),
         Value::Double(v) => want.as_f64() == Some(*v),
-        Value::Date(date) => want
-            .as_str()
-            .and_then(|text| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok())
-            == Some(*date),
-        Value::Timestamptz(time) => want
-            .as_str()
-            .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
-            .map(|t| t.with_timezone(&Utc))
-            == Some(*time),
+        Value::Date(date) => {
+            want.as_str()
+                .and_then(|text| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok())
+                == Some(*date)
+        }
+        Value::Timestamptz(time) => {
+            want.as_str()
+                .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+                .map(|t| t.with_timezone(&Utc))
+                == Some(*time)
+        }
         Value::Jsonb(json) => {
             matches!(kind, ColumnType::Jsonb)
                 && serde_json::from_str::<Json>(json).ok().as_ref() == Some(want)
@@ -501,32 +515,62 @@ mod tests {
         let schema = schema();
         let want = Expected::Row(cells(r#"{"user_id": "a", "app_version": 20300}"#));
         let diff = compare(&schema, &want, &login("b")).unwrap();
-        assert!(diff.contains("user_id: expected \"a\", got \"b\""), "{diff}");
+        assert!(
+            diff.contains("user_id: expected \"a\", got \"b\""),
+            "{diff}"
+        );
         assert!(compare(&schema, &want, &login("a")).is_none());
         // A column left out must be NULL.
         let no_version = Expected::Row(cells(r#"{"user_id": "a"}"#));
         let diff = compare(&schema, &no_version, &login("a")).unwrap();
-        assert!(diff.contains("app_version: expected NULL, got 20300"), "{diff}");
+        assert!(
+            diff.contains("app_version: expected NULL, got 20300"),
+            "{diff}"
+        );
         // An unknown column or table is a difference, not a pass.
-        let colour = Expected::Row(cells(r#"{"user_id": "a", "app_version": 20300, "colour": "red"}"#));
-        assert!(compare(&schema, &colour, &login("a")).unwrap().contains("colour"));
+        let colour = Expected::Row(cells(
+            r#"{"user_id": "a", "app_version": 20300, "colour": "red"}"#,
+        ));
+        assert!(
+            compare(&schema, &colour, &login("a"))
+                .unwrap()
+                .contains("colour")
+        );
         let elsewhere = Expected::Rows(BTreeMap::from([
-            ("user_logins".to_owned(), vec![cells(r#"{"user_id": "a", "app_version": 20300}"#)]),
+            (
+                "user_logins".to_owned(),
+                vec![cells(r#"{"user_id": "a", "app_version": 20300}"#)],
+            ),
             ("other".to_owned(), Vec::new()),
         ]));
-        assert!(compare(&schema, &elsewhere, &login("a")).unwrap().contains("other"));
+        assert!(
+            compare(&schema, &elsewhere, &login("a"))
+                .unwrap()
+                .contains("other")
+        );
         // Row counts per table.
         let two = Expected::Rows(BTreeMap::from([(
             "user_logins".to_owned(),
             vec![cells(r#"{"user_id": "a"}"#); 2],
         )]));
-        assert!(compare(&schema, &two, &login("a")).unwrap().contains("expected 2 rows, got 1"));
+        assert!(
+            compare(&schema, &two, &login("a"))
+                .unwrap()
+                .contains("expected 2 rows, got 1")
+        );
         let skipped = Expected::Rows(BTreeMap::new());
         assert!(compare(&schema, &skipped, &Outcome::Rows(Vec::new())).is_none());
         assert!(compare(&schema, &skipped, &login("a")).is_some());
         let rejected = Outcome::Rejected(Rejection::new("invalid_ip", "detail"));
         assert!(compare(&schema, &Expected::Rejected("invalid_ip".into()), &rejected).is_none());
-        assert!(compare(&schema, &Expected::Rejected("wrong_schema".into()), &rejected).is_some());
+        assert!(
+            compare(
+                &schema,
+                &Expected::Rejected("wrong_schema".into()),
+                &rejected
+            )
+            .is_some()
+        );
         assert!(compare(&schema, &want, &rejected).is_some());
     }
 
@@ -534,16 +578,56 @@ mod tests {
     fn values_compare_as_their_types_read_them() {
         let time = DateTime::from_timestamp(1_670_839_200, 0).unwrap();
         let cases = [
-            (ColumnType::Timestamptz, r#""2022-12-12T10:00:00Z""#, Value::Timestamptz(time), true),
-            (ColumnType::Timestamptz, r#""2022-12-12T11:00:00+01:00""#, Value::Timestamptz(time), true),
-            (ColumnType::Timestamptz, r#""2022-12-12T10:00:01Z""#, Value::Timestamptz(time), false),
-            (ColumnType::Jsonb, r#"{"b": [1, 2], "a": null}"#, Value::Jsonb(r#"{"a":null,"b":[1,2]}"#.into()), true),
-            (ColumnType::Jsonb, r#"{"a": 1}"#, Value::Jsonb(r#"{"a":2}"#.into()), false),
+            (
+                ColumnType::Timestamptz,
+                r#""2022-12-12T10:00:00Z""#,
+                Value::Timestamptz(time),
+                true,
+            ),
+            (
+                ColumnType::Timestamptz,
+                r#""2022-12-12T11:00:00+01:00""#,
+                Value::Timestamptz(time),
+                true,
+            ),
+            (
+                ColumnType::Timestamptz,
+                r#""2022-12-12T10:00:01Z""#,
+                Value::Timestamptz(time),
+                false,
+            ),
+            (
+                ColumnType::Jsonb,
+                r#"{"b": [1, 2], "a": null}"#,
+                Value::Jsonb(r#"{"a":null,"b":[1,2]}"#.into()),
+                true,
+            ),
+            (
+                ColumnType::Jsonb,
+                r#"{"a": 1}"#,
+                Value::Jsonb(r#"{"a":2}"#.into()),
+                false,
+            ),
             (ColumnType::Double, "1.5", Value::Double(1.5), true),
-            (ColumnType::Bigint, "9007199254740993", Value::Bigint(9_007_199_254_740_993), true),
+            (
+                ColumnType::Bigint,
+                "9007199254740993",
+                Value::Bigint(9_007_199_254_740_993),
+                true,
+            ),
             (ColumnType::Boolean, "true", Value::Boolean(false), false),
-            (ColumnType::Numeric, r#""1.50""#, Value::Numeric("1.5".into()), false),
-            (ColumnType::Date, r#""2022-12-12""#, Value::Date(time.date_naive()), true),
+            (
+                ColumnType::Numeric,
+                r#""1.50""#,
+                Value::Numeric("1.5".into()),
+                false,
+            ),
+            (
+                ColumnType::Date,
+                r#""2022-12-12""#,
+                Value::Date(time.date_naive()),
+                true,
+            ),
         ];
         for (kind, want, got, expected) in cases {
             let want: Json = serde_json::from_str(want).unwrap();

@@ -174,7 +174,9 @@ fn an_empty_vectors_file_no_longer_validates_a_component_that_fails_the_canary()
         let error = format!("{error:#}");
         assert!(
             error.contains("failed validation")
-                && error.contains("stores the message's raw `ip` unprotected in `masked_ip`"),
+                && error.contains(
+                    "stores the message's raw `ip` unprotected in `user_logins.masked_ip`"
+                ),
             "{error}"
         );
         if vectors.is_some() {

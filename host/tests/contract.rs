@@ -111,8 +111,7 @@ async fn a_swap_whose_column_is_missing_is_refused_then_accepted_after_alter_tab
         tokio::spawn(async move {
             while producing.load(Ordering::Relaxed) {
                 let start = sent.load(Ordering::Relaxed);
-                let bodies: Vec<String> = numbered_logins("alter", start + 10)
-                    .split_off(start);
+                let bodies: Vec<String> = numbered_logins("alter", start + 10).split_off(start);
                 queue.send(&bodies).await.unwrap();
                 sent.fetch_add(10, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -120,9 +119,11 @@ async fn a_swap_whose_column_is_missing_is_refused_then_accepted_after_alter_tab
         })
     };
     let processed = || try_count(&database, "SELECT count(*) FROM maskpipe_processed");
-    wait_for("rows from the reference", Duration::from_secs(60), async || {
-        processed().await >= 100
-    })
+    wait_for(
+        "rows from the reference",
+        Duration::from_secs(60),
+        async || processed().await >= 100,
+    )
     .await;
 
     // A component whose user_logins has a column the live table lacks.
@@ -130,9 +131,11 @@ async fn a_swap_whose_column_is_missing_is_refused_then_accepted_after_alter_tab
     std::fs::remove_file(maskpipe::swap::vectors_path(&live)).unwrap();
     std::fs::copy(&country, live.with_extension("wasm.tmp")).unwrap();
     std::fs::rename(live.with_extension("wasm.tmp"), &live).unwrap();
-    wait_for("the swap to be refused", Duration::from_secs(60), async || {
-        host.logged("refused the new transform").is_some()
-    })
+    wait_for(
+        "the swap to be refused",
+        Duration::from_secs(60),
+        async || host.logged("refused the new transform").is_some(),
+    )
     .await;
     let refusal = host.logged("refused the new transform").unwrap();
     assert!(
@@ -143,9 +146,11 @@ async fn a_swap_whose_column_is_missing_is_refused_then_accepted_after_alter_tab
     // Still running the reference, and never altered the table itself.
     let db = query_client(&database).await;
     let at_refusal = processed().await;
-    wait_for("the reference to keep running", Duration::from_secs(60), async || {
-        processed().await >= at_refusal + 100
-    })
+    wait_for(
+        "the reference to keep running",
+        Duration::from_secs(60),
+        async || processed().await >= at_refusal + 100,
+    )
     .await;
     assert_eq!(
         count(
@@ -170,7 +175,12 @@ async fn a_swap_whose_column_is_missing_is_refused_then_accepted_after_alter_tab
     })
     .await;
     wait_for("rows with a country", Duration::from_secs(60), async || {
-        try_count(&database, "SELECT count(*) FROM user_logins WHERE country = 'RU'").await >= 100
+        try_count(
+            &database,
+            "SELECT count(*) FROM user_logins WHERE country = 'RU'",
+        )
+        .await
+            >= 100
     })
     .await;
 
@@ -184,7 +194,11 @@ async fn a_swap_whose_column_is_missing_is_refused_then_accepted_after_alter_tab
     host.stop().await;
     assert_exactly_once(&database, total, 0).await;
     // Rows before the swap have no country, rows after have the sample's.
-    let without = count(&db, "SELECT count(*) FROM user_logins WHERE country IS NULL").await;
+    let without = count(
+        &db,
+        "SELECT count(*) FROM user_logins WHERE country IS NULL",
+    )
+    .await;
     let with = count(&db, "SELECT count(*) FROM user_logins WHERE country = 'RU'").await;
     assert_eq!(without + with, total);
     assert!(without >= 200 && with >= 100, "{without} {with}");
@@ -192,7 +206,10 @@ async fn a_swap_whose_column_is_missing_is_refused_then_accepted_after_alter_tab
 }
 
 /// `(column, type, max length, nullable)` of a table, in column order.
-async fn columns_of(db: &tokio_postgres::Client, table: &str) -> Vec<(String, String, Option<i32>, String)> {
+async fn columns_of(
+    db: &tokio_postgres::Client,
+    table: &str,
+) -> Vec<(String, String, Option<i32>, String)> {
     db.query(
         "SELECT column_name::text, data_type::text, character_maximum_length, is_nullable::text \
          FROM information_schema.columns WHERE table_name = $1 ORDER BY ordinal_position",
@@ -236,7 +253,11 @@ async fn declared_tables_are_created_when_allowed_and_named_with_their_ddl_when_
         .await,
         0
     );
-    assert_eq!(queue.depth().await.unwrap().visible, 20, "nothing was taken");
+    assert_eq!(
+        queue.depth().await.unwrap().visible,
+        20,
+        "nothing was taken"
+    );
 
     // Allowed: both tables are made from the declaration, then filled.
     let output = run_with_limit(
@@ -244,9 +265,18 @@ async fn declared_tables_are_created_when_allowed_and_named_with_their_ddl_when_
         Duration::from_secs(120),
     )
     .await;
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let text = |name: &str, length: i32| {
-        (name.to_owned(), "character varying".to_owned(), Some(length), "YES".to_owned())
+        (
+            name.to_owned(),
+            "character varying".to_owned(),
+            Some(length),
+            "YES".to_owned(),
+        )
     };
     let typed = |name: &str, kind: &str, nullable: &str| {
         (name.to_owned(), kind.to_owned(), None, nullable.to_owned())
@@ -283,7 +313,11 @@ async fn declared_tables_are_created_when_allowed_and_named_with_their_ddl_when_
     let mut again = drain_command(queue.queue_url(), &database, &devices_path(), &[]);
     again.env("MASKPIPE_CREATE_TABLES", "false");
     let output = run_with_limit(again, Duration::from_secs(120)).await;
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(count(&db, "SELECT count(*) FROM login_devices").await, 25);
 }
 
@@ -305,7 +339,10 @@ async fn fan_out_under_kill_9_is_exactly_once_in_every_table() {
     const VALID: i64 = 3_000;
     let mut bodies = numbered_logins("fan", VALID as usize);
     for n in 0..30 {
-        bodies.insert(n * 97 % bodies.len(), format!("{{\"foo\": \"fan-bad-{n}\"}}"));
+        bodies.insert(
+            n * 97 % bodies.len(),
+            format!("{{\"foo\": \"fan-bad-{n}\"}}"),
+        );
     }
     queue.send(&bodies).await.unwrap();
 
@@ -313,7 +350,15 @@ async fn fan_out_under_kill_9_is_exactly_once_in_every_table() {
     for round in 0..4 {
         let before = try_count(&database, "SELECT count(*) FROM maskpipe_processed").await;
         let mut host = maskpipe()
-            .args(["run", "--wait-seconds", "1", "--progress-seconds", "0", "--pollers", "4"])
+            .args([
+                "run",
+                "--wait-seconds",
+                "1",
+                "--progress-seconds",
+                "0",
+                "--pollers",
+                "4",
+            ])
             .args(["--queue", queue.queue_url(), "--database-url", &database])
             .arg("--transform")
             .arg(devices_path())
@@ -332,7 +377,10 @@ async fn fan_out_under_kill_9_is_exactly_once_in_every_table() {
         println!("round {round}: killed after {written} of 3030 processed");
         killed_mid_stream += usize::from(written < 3_030);
     }
-    assert!(killed_mid_stream >= 2, "the kills came too late to test anything");
+    assert!(
+        killed_mid_stream >= 2,
+        "the kills came too late to test anything"
+    );
     // What is left, to the end.
     let started = std::time::Instant::now();
     loop {
@@ -341,7 +389,11 @@ async fn fan_out_under_kill_9_is_exactly_once_in_every_table() {
             Duration::from_secs(120),
         )
         .await;
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let depth = queue.depth().await.unwrap();
         if depth.visible + depth.in_flight == 0 {
             break;
@@ -360,7 +412,11 @@ async fn fan_out_under_kill_9_is_exactly_once_in_every_table() {
             "{table}"
         );
         assert_eq!(
-            count(&db, &format!("SELECT count(DISTINCT app_version) FROM {table}")).await,
+            count(
+                &db,
+                &format!("SELECT count(DISTINCT app_version) FROM {table}")
+            )
+            .await,
             VALID,
             "{table}"
         );
@@ -401,7 +457,11 @@ async fn overflow_limits_come_from_the_declaration() {
         Duration::from_secs(120),
     )
     .await;
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let db = query_client(&database).await;
     let rows = db
         .query("SELECT user_id, country FROM user_logins", &[])
@@ -427,7 +487,11 @@ async fn the_sample_gives_the_rows_contract_0_4_gave() {
     let queue = fresh_queue().await;
     queue.send(&sample_bodies()).await.unwrap();
     let output = drain(&queue, &database, &[]).await;
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let db = query_client(&database).await;
     // Byte for byte what the 0.4.0 host and reference transform wrote for
     // the sample under this key (host/tests/golden/, made by 38f7f05).
@@ -444,8 +508,9 @@ async fn the_sample_gives_the_rows_contract_0_4_gave() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let golden = std::fs::read_to_string(repo_root().join("host/tests/golden/sample_user_logins.tsv"))
-        .unwrap();
+    let golden =
+        std::fs::read_to_string(repo_root().join("host/tests/golden/sample_user_logins.tsv"))
+            .unwrap();
     let golden: Vec<&str> = golden.lines().collect();
     assert_eq!(golden.len(), 99);
     assert_eq!(rows, golden);
@@ -466,4 +531,92 @@ async fn the_sample_gives_the_rows_contract_0_4_gave() {
         .unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].get::<_, &str>(0), "wrong_schema");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_of_no_rows_is_skipped_in_the_ledger_even_one_made_before_1_0() {
+    let database = fresh_database().await;
+    let queue = fresh_queue().await;
+    // The ledger as contract 0.4's host made it: no `skipped` outcome.
+    let db = query_client(&database).await;
+    db.batch_execute(
+        "CREATE TABLE maskpipe_processed (
+             message_id text PRIMARY KEY,
+             outcome text NOT NULL CHECK (outcome IN ('row', 'dead_letter')),
+             component_digest text NOT NULL,
+             processed_at timestamptz NOT NULL DEFAULT now()
+         );
+         INSERT INTO maskpipe_processed (message_id, outcome, component_digest)
+         VALUES ('from-0.4', 'row', 'old')",
+    )
+    .await
+    .unwrap();
+    let template = sample_bodies()[0].clone();
+    let login = |id: &str| template.replace("424cdd21-063a-43a7-b91b-7ca1a833afae", id);
+    queue
+        .send(&[login("one"), login("NOROWS"), login("TWOROWS")])
+        .await
+        .unwrap();
+    let output = run_with_limit(
+        drain_command(
+            queue.queue_url(),
+            &database,
+            &fixture_path("fixture_hostile"),
+            &[],
+        ),
+        Duration::from_secs(120),
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("rows written        3"), "{stdout}");
+    assert!(stdout.contains("made no rows        1"), "{stdout}");
+    let outcomes: Vec<(String, String)> = db
+        .query(
+            "SELECT message_id, outcome FROM maskpipe_processed ORDER BY outcome, message_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(outcomes.len(), 4);
+    assert_eq!(
+        outcomes.iter().filter(|(_, o)| o == "row").count(),
+        3,
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.iter().filter(|(_, o)| o == "skipped").count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM user_logins").await, 3);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM user_logins WHERE user_id = 'TWOROWS'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM maskpipe_dead_letters").await,
+        0
+    );
+    // The widened check still refuses what no host writes.
+    assert!(
+        db.execute(
+            "INSERT INTO maskpipe_processed (message_id, outcome, component_digest) \
+             VALUES ('x', 'bogus', 'd')",
+            &[],
+        )
+        .await
+        .is_err()
+    );
 }

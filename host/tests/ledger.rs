@@ -83,7 +83,9 @@ async fn write(
         .zip(&outcomes)
         .map(|(message, outcome)| Processed { message, outcome })
         .collect();
-    sink.write_batch(&batch, &login_schema(), digest, &keyring()).await.unwrap()
+    sink.write_batch(&batch, &login_schema(), digest, &keyring())
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -235,7 +237,10 @@ async fn a_message_id_twice_in_one_batch_takes_its_first_outcome() {
                 .zip(&outcomes)
                 .map(|(message, outcome)| Processed { message, outcome })
                 .collect();
-            let report = sink.write_batch(&batch, &login_schema(), "digest", &ring).await.unwrap();
+            let report = sink
+                .write_batch(&batch, &login_schema(), "digest", &ring)
+                .await
+                .unwrap();
             assert_eq!(
                 report.duplicates, 1,
                 "round {round}: the second copy is a duplicate"

@@ -49,6 +49,7 @@ async fn counters_are_registered_at_zero_before_any_message() {
         "maskpipe_messages_received_total 0",
         "maskpipe_rows_written_total 0",
         "maskpipe_duplicates_skipped_total 0",
+        "maskpipe_messages_without_rows_total 0",
         "maskpipe_deletes_failed_total 0",
         "maskpipe_poller_restarts_total 0",
         "maskpipe_ledger_pruned_total 0",

@@ -45,8 +45,11 @@ fn codes(outcomes: &[Outcome]) -> Vec<&str> {
     outcomes
         .iter()
         .map(|o| match o {
-            Outcome::Rows(rows) if rows.len() == 1 => "row",
-            Outcome::Rows(_) => "rows",
+            Outcome::Rows(rows) => match rows.len() {
+                0 => "no rows",
+                1 => "row",
+                _ => "rows",
+            },
             Outcome::Rejected(r) => r.code.as_str(),
         })
         .collect()
@@ -121,6 +124,58 @@ async fn each_kind_of_misbehaviour_costs_only_its_own_message() {
     // The worker is still usable afterwards.
     let again = worker.run(&received(&[login("ok-4")])).await.unwrap();
     assert_eq!(codes(&again), ["row"]);
+}
+
+/// Rows that break the declaration (a table it never declared, a value
+/// short, a value of the wrong type, PII unprotected, more rows claimed than
+/// returned) cost their own message a contract violation, named; a message
+/// of no rows, or of two, is no violation.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_that_break_the_declaration_cost_only_their_own_message() {
+    let mut worker = hostile(TIGHT).await;
+    let bodies = [
+        login("ok-1"),
+        login("BADTABLE"),
+        login("FEWVALUES"),
+        login("WRONGTYPE"),
+        login("UNPROTECTED"),
+        login("MANYROWS"),
+        login("NOROWS"),
+        login("TWOROWS"),
+        login("ok-2"),
+    ];
+    let outcomes = worker.run(&received(&bodies)).await.unwrap();
+    let violation = "transform_contract_violation";
+    assert_eq!(
+        codes(&outcomes),
+        [
+            "row", violation, violation, violation, violation, violation, "no rows", "rows", "row"
+        ]
+    );
+    for (index, said) in [
+        (1, "table #1"),
+        (2, "need 7 values but it returned 6"),
+        (
+            3,
+            "`user_logins.user_id` is varchar(128) but the transform gave an integer",
+        ),
+        (
+            4,
+            "`user_logins.masked_ip` holds PII (field `ip`) but the transform gave an unprotected value",
+        ),
+        (5, "claim 2 rows but it returned 1"),
+    ] {
+        let detail = &rejection(&outcomes[index]).detail;
+        assert!(detail.contains(said), "{index}: {detail}");
+    }
+    // Each alone in a batch of its own gives the same verdict.
+    for (index, body) in bodies.iter().enumerate().skip(1).take(5) {
+        let alone = worker
+            .run(&received(std::slice::from_ref(body)))
+            .await
+            .unwrap();
+        assert_eq!(codes(&alone), [violation], "{index}");
+    }
 }
 
 /// The longest another task on the host's executor may wait while a

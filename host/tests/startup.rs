@@ -191,7 +191,8 @@ async fn a_component_storing_the_raw_ip_is_a_clear_startup_error() {
     let line = run_expecting_failure(command).await;
     assert!(
         line.contains("failed validation")
-            && line.contains("stores the message's raw `ip` unprotected in `masked_ip`"),
+            && line
+                .contains("stores the message's raw `ip` unprotected in `user_logins.masked_ip`"),
         "{line}"
     );
     // The error names the field, never a value from the canary set.

@@ -268,7 +268,9 @@ fn value_from_wit(
             }
             Value::Numeric(digits.to_owned())
         }
-        (ColumnType::Date, wit::Value::Date(date)) => Value::Date(checked_date(table, column, date)?),
+        (ColumnType::Date, wit::Value::Date(date)) => {
+            Value::Date(checked_date(table, column, date)?)
+        }
         (ColumnType::Timestamptz, wit::Value::Timestamptz(micros)) => {
             let time = DateTime::from_timestamp_micros(micros)
                 .filter(|time| (MIN_TIMESTAMP_YEAR..=MAX_TIMESTAMP_YEAR).contains(&time.year()))
@@ -278,7 +280,11 @@ fn value_from_wit(
             Value::Timestamptz(time)
         }
         (ColumnType::Uuid, wit::Value::Uuid(span)) => {
-            let uuid = if span_len(span) == 36 { slice(text, span)? } else { "" };
+            let uuid = if span_len(span) == 36 {
+                slice(text, span)?
+            } else {
+                ""
+            };
             if !is_uuid(uuid) {
                 return Err(violation(table, column, "would hold a malformed uuid"));
             }
@@ -306,7 +312,7 @@ fn value_from_wit(
                 table,
                 column,
                 &format!(
-                    "is {} but the transform gave a {} value",
+                    "is {} but the transform gave {}",
                     kind.sql(),
                     value_kind(&value)
                 ),
@@ -318,16 +324,16 @@ fn value_from_wit(
 fn value_kind(value: &wit::Value) -> &'static str {
     match value {
         wit::Value::Text(_) => "text",
-        wit::Value::Integer(_) => "integer",
-        wit::Value::Bigint(_) => "bigint",
-        wit::Value::Boolean(_) => "boolean",
-        wit::Value::Double(_) => "double",
-        wit::Value::Numeric(_) => "numeric",
-        wit::Value::Date(_) => "date",
-        wit::Value::Timestamptz(_) => "timestamptz",
-        wit::Value::Uuid(_) => "uuid",
+        wit::Value::Integer(_) => "an integer",
+        wit::Value::Bigint(_) => "a bigint",
+        wit::Value::Boolean(_) => "a boolean",
+        wit::Value::Double(_) => "a double",
+        wit::Value::Numeric(_) => "a numeric",
+        wit::Value::Date(_) => "a date",
+        wit::Value::Timestamptz(_) => "a timestamptz",
+        wit::Value::Uuid(_) => "a uuid",
         wit::Value::Jsonb(_) => "jsonb",
-        wit::Value::Protected(_) => "protected",
+        wit::Value::Protected(_) => "a protected value",
     }
 }
 
@@ -635,7 +641,10 @@ mod tests {
         for ip in [wit::Protected::Masked(huge), wit::Protected::Clear(huge)] {
             let rejection = expect_rejection(convert_rows(vec![login(span(0, 3), ip)], text));
             assert_eq!(rejection.code, reason::COLUMN_OVERFLOW);
-            assert!(rejection.detail.contains("logins.masked_ip"), "{rejection:?}");
+            assert!(
+                rejection.detail.contains("logins.masked_ip"),
+                "{rejection:?}"
+            );
         }
         let rejection = expect_rejection(convert_rows(
             vec![login(huge, wit::Protected::Clear(span(0, 3)))],
@@ -660,7 +669,10 @@ mod tests {
             .unwrap();
         let value = "v".repeat(longest + 1);
         let fits = expect_rows(convert_rows(
-            vec![login(span(0, 1), wit::Protected::Masked(span(0, longest as u32)))],
+            vec![login(
+                span(0, 1),
+                wit::Protected::Masked(span(0, longest as u32)),
+            )],
             &value,
         ));
         assert!(text_of(&fits[0].values[1]).len() <= 256);
@@ -704,7 +716,8 @@ mod tests {
 
     #[test]
     fn every_type_is_checked_before_postgresql_sees_it() {
-        let text = "-12.50|0d4f0a4e-8a3c-4b5e-9f00-1234567890ab|{\"a\": [1]}|1e5|xyz|{\"a\": \"\\u0000\"}";
+        let text =
+            "-12.50|0d4f0a4e-8a3c-4b5e-9f00-1234567890ab|{\"a\": [1]}|1e5|xyz|{\"a\": \"\\u0000\"}";
         let at = |needle: &str| {
             let start = text.find(needle).unwrap() as u32;
             span(start, start + needle.len() as u32)
@@ -735,10 +748,26 @@ mod tests {
         );
         for (index, bad, code) in [
             (2, wit::Value::Double(f64::NAN), reason::CONTRACT_VIOLATION),
-            (2, wit::Value::Double(f64::INFINITY), reason::CONTRACT_VIOLATION),
-            (3, wit::Value::Numeric(at("1e5")), reason::CONTRACT_VIOLATION),
-            (3, wit::Value::Numeric(at("xyz")), reason::CONTRACT_VIOLATION),
-            (4, wit::Value::Timestamptz(i64::MIN), reason::COLUMN_OVERFLOW),
+            (
+                2,
+                wit::Value::Double(f64::INFINITY),
+                reason::CONTRACT_VIOLATION,
+            ),
+            (
+                3,
+                wit::Value::Numeric(at("1e5")),
+                reason::CONTRACT_VIOLATION,
+            ),
+            (
+                3,
+                wit::Value::Numeric(at("xyz")),
+                reason::CONTRACT_VIOLATION,
+            ),
+            (
+                4,
+                wit::Value::Timestamptz(i64::MIN),
+                reason::COLUMN_OVERFLOW,
+            ),
             (5, wit::Value::Uuid(at("xyz")), reason::CONTRACT_VIOLATION),
             (6, wit::Value::Jsonb(at("xyz")), reason::CONTRACT_VIOLATION),
             (
@@ -789,7 +818,10 @@ mod tests {
             // a value short
             (shaped(vec![0], vec![wit::Outcome::Rows(1)], few_values), 1),
             // u32::MAX rows claimed
-            (shaped(vec![0], vec![wit::Outcome::Rows(u32::MAX)], row()), 1),
+            (
+                shaped(vec![0], vec![wit::Outcome::Rows(u32::MAX)], row()),
+                1,
+            ),
         ] {
             let rejection = convert(outcomes, messages).unwrap_err();
             assert_eq!(rejection.code, reason::CONTRACT_VIOLATION, "{rejection:?}");

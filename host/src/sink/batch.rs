@@ -110,7 +110,11 @@ SELECT (SELECT count(*) FROM claimed),
        ",
     );
     sql.push_str(&counts.join(" + "));
-    sql.push_str(",\n       (SELECT coalesce(array_agg(reason), '{}') FROM new_dead_letters)");
+    sql.push_str(
+        ",
+       (SELECT coalesce(array_agg(reason), '{}') FROM new_dead_letters),
+       (SELECT count(*) FROM input i JOIN claimed USING (message_id) WHERE i.outcome = 'skipped')",
+    );
     sql
 }
 
@@ -128,9 +132,10 @@ enum ColumnArray<'a> {
 impl<'a> ColumnArray<'a> {
     fn for_type(kind: ColumnType) -> Self {
         match kind {
-            ColumnType::Text { .. } | ColumnType::Numeric | ColumnType::Uuid | ColumnType::Jsonb => {
-                Self::Text(Vec::new())
-            }
+            ColumnType::Text { .. }
+            | ColumnType::Numeric
+            | ColumnType::Uuid
+            | ColumnType::Jsonb => Self::Text(Vec::new()),
             ColumnType::Integer => Self::Integer(Vec::new()),
             ColumnType::Bigint => Self::Bigint(Vec::new()),
             ColumnType::Boolean => Self::Boolean(Vec::new()),
@@ -245,7 +250,11 @@ impl<'a> BatchParams<'a> {
                             bail!("a row names table #{} outside its schema", row.table);
                         };
                         if row.values.len() != table.columns.len() {
-                            bail!("a row has {} values for {} columns", row.values.len(), table.columns.len());
+                            bail!(
+                                "a row has {} values for {} columns",
+                                row.values.len(),
+                                table.columns.len()
+                            );
                         }
                         table.position.push(index as i64 + 1);
                         for (column, value) in table.columns.iter_mut().zip(&row.values) {

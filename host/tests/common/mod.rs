@@ -397,8 +397,7 @@ pub async fn drain_until_empty(queue: &SqsSource, database: &str, endpoint: Opti
 /// The reference transform's declaration (`user_logins`), one `Arc` for the
 /// whole test binary, as a running host holds one per component.
 pub fn login_schema() -> Arc<maskpipe::schema::Schema> {
-    static SCHEMA: std::sync::OnceLock<Arc<maskpipe::schema::Schema>> =
-        std::sync::OnceLock::new();
+    static SCHEMA: std::sync::OnceLock<Arc<maskpipe::schema::Schema>> = std::sync::OnceLock::new();
     Arc::clone(SCHEMA.get_or_init(|| {
         Arc::new(maskpipe::schema::Schema::new(vec![maskpipe::schema::user_logins()]).unwrap())
     }))

@@ -1,6 +1,9 @@
 //! A second transform: the same validation as the reference, a different
-//! PII policy, for an analytics copy of `user_logins` that nobody can
-//! re-identify, not even the key holder:
+//! PII policy, for an analytics copy of the logins that nobody can
+//! re-identify, not even the key holder. It writes its own table,
+//! `user_logins_analytics` (the same columns as `user_logins`, see
+//! [`login_core::user_logins_columns`]), so it can run beside the reference
+//! without mixing reversible and irreversible values in one column:
 //!
 //! * `masked_ip` holds the network in clear: the /24 of an IPv4 address, the
 //!   /48 of an IPv6 address (enough for geo analysis, not for a person);
@@ -10,6 +13,36 @@
 use std::net::IpAddr;
 
 use login_core::{Protect, Protected};
+use maskpipe_guest::{Declaration, Rejection, Rows, Table, Transform};
+
+/// The table rows go to: the only one, index 0.
+pub const USER_LOGINS_ANALYTICS: u8 = 0;
+
+/// The analytics transform: `user_logins_analytics`, with the [`Analytics`]
+/// policy.
+pub struct AnalyticsTransform;
+
+impl Transform for AnalyticsTransform {
+    const VALUES_PER_MESSAGE: usize = 7;
+
+    fn describe() -> Declaration {
+        Declaration::new(
+            vec![Table::new(
+                "user_logins_analytics",
+                login_core::user_logins_columns(),
+            )],
+            login_core::REASON_CODES,
+        )
+    }
+
+    fn transform(body: &str, sent_timestamp_ms: u64, rows: &mut Rows) -> Result<(), Rejection> {
+        let login = login_core::transform(body, sent_timestamp_ms, &Analytics)?;
+        login_core::push_user_login(rows, USER_LOGINS_ANALYTICS, &login);
+        Ok(())
+    }
+}
+
+maskpipe_guest::export_transform!(AnalyticsTransform);
 
 /// The analytics policy: the network in clear, the device pseudonymized.
 pub struct Analytics;
@@ -37,9 +70,6 @@ pub fn network(ip: IpAddr) -> String {
         }
     }
 }
-
-#[cfg(target_family = "wasm")]
-mod component;
 
 #[cfg(test)]
 mod tests {

@@ -1,31 +1,29 @@
-//! Validation and normalization of one Fetch login message.
+//! Validation and normalization of one Fetch login message, shared by the
+//! login transforms.
 //!
 //! Plain Rust with no wasm in sight, so it is unit-tested and benchmarked
-//! natively and shared by every transform component. How the two PII fields
-//! are protected is the one thing transforms differ in, so it is a
-//! parameter: a [`Protect`] policy, which only names the protection
-//! ([`Protected`]); the host, which holds the keys, carries it out. Also
-//! here: [`unpack`] for the packed batches the contract delivers, [`RowText`]
-//! for the packed rows it returns, the macros that export all of it as a
-//! component, and [`arena`], the allocator that suits components.
+//! natively. [`transform`] turns a body into a normalized [`Row`] or a
+//! [`Rejection`]; how the two PII fields are protected is the one thing
+//! transforms differ in, so it is a parameter: a [`Protect`] policy, which
+//! only names the protection ([`Protected`]); the host, which holds the
+//! keys, carries it out. [`user_logins_columns`] declares the table such a
+//! row goes to and [`push_user_login`] writes it there, through the guest
+//! toolkit ([`maskpipe_guest`]), which owns everything about the contract.
 
-pub mod arena;
+mod parse;
+mod policy;
+mod table;
 
 use std::net::IpAddr;
 
-use std::borrow::Cow;
-use std::fmt;
-
 use chrono::{DateTime, Datelike};
-use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-/// Column limits of `user_logins`, in characters (varchar counts characters).
-const USER_ID_MAX_CHARS: usize = 128;
-const DEVICE_TYPE_MAX_CHARS: usize = 32;
-const LOCALE_MAX_CHARS: usize = 32;
-/// Masking grows a value by a fixed overhead and base64's 4/3; 128 bytes of
-/// plaintext mask to at most 224 characters, inside `varchar(256)`.
-const MASKED_INPUT_MAX_BYTES: usize = 128;
+pub use maskpipe_guest::{Date, Rejection};
+pub use policy::{MaskBoth, Protect, canonical_ip};
+pub use table::{push_user_login, user_login_values, user_logins_columns};
+
+use parse::{Field, parse};
+use table::{DEVICE_TYPE_MAX_CHARS, LOCALE_MAX_CHARS, MASKED_INPUT_MAX_BYTES, USER_ID_MAX_CHARS};
 
 /// A normalized `user_logins` row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,16 +49,8 @@ pub enum Protected {
     Clear(String),
 }
 
-/// A UTC calendar date.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Date {
-    pub year: i32,
-    pub month: u8,
-    pub day: u8,
-}
-
-/// Every reason code [`transform`] and [`unpack`] may reject with: what a
-/// component built on login-core declares through `reason-codes`.
+/// Every reason code [`transform`] may reject with, and the toolkit's
+/// `malformed_batch`: what a login transform declares.
 pub const REASON_CODES: &[&str] = &[
     "invalid_json",
     "not_an_object",
@@ -72,58 +62,8 @@ pub const REASON_CODES: &[&str] = &[
     "invalid_app_version",
     "value_too_long",
     "invalid_timestamp",
-    "malformed_batch",
+    maskpipe_guest::MALFORMED_BATCH,
 ];
-
-/// Why a message was refused. `detail` names fields, never their values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub code: &'static str,
-    pub detail: String,
-}
-
-impl Rejection {
-    fn new(code: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            code,
-            detail: detail.into(),
-        }
-    }
-}
-
-/// A transform's PII policy: how each PII field of a valid message is to be
-/// protected.
-pub trait Protect {
-    /// The value for `masked_ip`; `written` is the address as the message
-    /// wrote it (see [`canonical_ip`]).
-    fn ip(&self, ip: IpAddr, written: &str) -> Protected;
-    /// The value for `masked_device_id`.
-    fn device_id(&self, device_id: &str) -> Protected;
-}
-
-/// The reference policy: reversible masking of both fields. The ip is masked
-/// in canonical form, so equal addresses mask equally however they were
-/// written ("::1" and "0::1").
-pub struct MaskBoth;
-
-impl Protect for MaskBoth {
-    fn ip(&self, ip: IpAddr, written: &str) -> Protected {
-        Protected::Masked(canonical_ip(ip, written))
-    }
-    fn device_id(&self, device_id: &str) -> Protected {
-        Protected::Masked(device_id.to_owned())
-    }
-}
-
-/// `ip` in canonical form. An IPv4 address that parsed is canonical already
-/// (the parser refuses leading zeros and short forms), so `written` is
-/// reused without formatting; IPv6 is formatted (lower case, `::` folding).
-pub fn canonical_ip(ip: IpAddr, written: &str) -> String {
-    match ip {
-        IpAddr::V4(_) => written.to_owned(),
-        IpAddr::V6(_) => ip.to_string(),
-    }
-}
 
 /// Turns one message body into a row, or says why it cannot.
 pub fn transform(
@@ -271,342 +211,6 @@ fn check_chars(field: &str, text: &str, max: usize) -> Result<(), Rejection> {
     Ok(())
 }
 
-// --- Parsing -------------------------------------------------------------
-//
-// A message is parsed straight into the six fields it may carry, borrowing
-// from the body wherever JSON needs no unescaping: no tree of values, and
-// almost no allocation (which costs most inside wasm). Other keys are skipped;
-// a repeated key keeps its last value, as in serde_json's own maps.
-
-/// A login field as sent: a string, null, or some other JSON kind.
-enum Field<'a> {
-    Str(Cow<'a, str>),
-    Null,
-    Other(&'static str),
-}
-
-#[derive(Default)]
-struct Login<'a> {
-    user_id: Option<Field<'a>>,
-    device_type: Option<Field<'a>>,
-    ip: Option<Field<'a>>,
-    device_id: Option<Field<'a>>,
-    app_version: Option<Field<'a>>,
-    locale: Option<Field<'a>>,
-}
-
-fn parse(body: &str) -> Result<Login<'_>, Rejection> {
-    let invalid = |e: serde_json::Error| {
-        // serde_json's syntax errors carry a position, never the input text.
-        Rejection::new(
-            "invalid_json",
-            format!(
-                "body is not valid JSON ({:?} error at line {} column {})",
-                e.classify(),
-                e.line(),
-                e.column()
-            ),
-        )
-    };
-    let mut deserializer = serde_json::Deserializer::from_str(body);
-    let top = deserializer.deserialize_any(TopVisitor).map_err(invalid)?;
-    deserializer.end().map_err(invalid)?;
-    match top {
-        Top::Object(login) => Ok(login),
-        Top::Other(kind) => Err(Rejection::new(
-            "not_an_object",
-            format!("body is JSON {kind}, not an object"),
-        )),
-    }
-}
-
-enum Top<'a> {
-    Object(Login<'a>),
-    Other(&'static str),
-}
-
-/// Accepts any JSON value: an object is read as a login, the rest is named.
-struct TopVisitor;
-
-impl<'de> Visitor<'de> for TopVisitor {
-    type Value = Top<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut login = Login::default();
-        while let Some(key) = map.next_key::<Key<'de>>()? {
-            let slot = match &*key.0 {
-                "user_id" => &mut login.user_id,
-                "device_type" => &mut login.device_type,
-                "ip" => &mut login.ip,
-                "device_id" => &mut login.device_id,
-                "app_version" => &mut login.app_version,
-                "locale" => &mut login.locale,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                    continue;
-                }
-            };
-            *slot = Some(map.next_value::<FieldSeed<'de>>()?.0);
-        }
-        Ok(Top::Object(login))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Top::Other("array"))
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(Top::Other("string"))
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(Top::Other("boolean"))
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(Top::Other("number"))
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(Top::Other("number"))
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Top::Other("number"))
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Top::Other("null"))
-    }
-}
-
-/// An object key, borrowed when it has no escapes.
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_str(StrVisitor).map(Key)
-    }
-}
-
-struct StrVisitor;
-
-impl<'de> Visitor<'de> for StrVisitor {
-    type Value = Cow<'de, str>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string")
-    }
-    fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
-        Ok(Cow::Borrowed(text))
-    }
-    fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
-        Ok(Cow::Owned(text.to_owned()))
-    }
-    fn visit_string<E: de::Error>(self, text: String) -> Result<Self::Value, E> {
-        Ok(Cow::Owned(text))
-    }
-}
-
-/// A field's value: its string, or the kind of whatever else it is.
-struct FieldSeed<'a>(Field<'a>);
-
-impl<'de> Deserialize<'de> for FieldSeed<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(FieldVisitor).map(FieldSeed)
-    }
-}
-
-struct FieldVisitor;
-
-impl<'de> Visitor<'de> for FieldVisitor {
-    type Value = Field<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
-        Ok(Field::Str(Cow::Borrowed(text)))
-    }
-    fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
-        Ok(Field::Str(Cow::Owned(text.to_owned())))
-    }
-    fn visit_string<E: de::Error>(self, text: String) -> Result<Self::Value, E> {
-        Ok(Field::Str(Cow::Owned(text)))
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Field::Null)
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(Field::Other("boolean"))
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(Field::Other("number"))
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(Field::Other("number"))
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Field::Other("number"))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Field::Other("array"))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Field::Other("object"))
-    }
-}
-
-/// The messages of a packed WIT `batch`, in order: each body with its
-/// `SentTimestamp`, one item per entry of `body_ends`. Where the host's
-/// offsets or timestamps do not fit its bodies, that message is an `Err`
-/// (`malformed_batch`) instead of a panic.
-pub fn unpack<'a>(
-    bodies: &'a str,
-    body_ends: &'a [u32],
-    sent_timestamps_ms: &'a [u64],
-) -> impl Iterator<Item = Result<(&'a str, u64), Rejection>> + 'a {
-    let mut start = 0;
-    body_ends.iter().enumerate().map(move |(index, &end)| {
-        let end = end as usize;
-        // `get` is None for an end out of range, before its start or inside
-        // a character.
-        let body = bodies.get(start..end);
-        start = end;
-        match (body, sent_timestamps_ms.get(index)) {
-            (Some(body), Some(&sent)) => Ok((body, sent)),
-            _ => Err(Rejection::new(
-                "malformed_batch",
-                "the host sent a batch whose offsets or timestamps do not fit its bodies",
-            )),
-        }
-    })
-}
-
-/// The text of a batch's rows, as the WIT `outcomes` carries it: every
-/// string of every row back to back, each known by its span.
-#[derive(Debug, Default)]
-pub struct RowText(String);
-
-impl RowText {
-    /// Room for a batch of `bodies` bytes: a row's strings are mostly parts
-    /// of its body, so that is a good first guess.
-    pub fn for_bodies(bodies: &str) -> Self {
-        Self(String::with_capacity(bodies.len()))
-    }
-
-    /// Appends `value`; its span in the text, `start..end` in bytes. (On
-    /// wasm32 a text cannot outgrow `u32`; natively, a span past it
-    /// saturates, and the host refuses it as out of range.)
-    pub fn push(&mut self, value: &str) -> (u32, u32) {
-        let offset = |at: usize| u32::try_from(at).unwrap_or(u32::MAX);
-        let start = offset(self.0.len());
-        self.0.push_str(value);
-        (start, offset(self.0.len()))
-    }
-
-    pub fn into_string(self) -> String {
-        self.0
-    }
-}
-
-/// Defines `fn to_wit_outcome(Result<Row, Rejection>, &mut RowText) ->
-/// Outcome`, the conversion to the WIT types that `wit_bindgen::generate!`
-/// made in the calling crate. [`export_transformer!`] uses it; so can a
-/// hand-written `Guest` impl.
-#[macro_export]
-macro_rules! wit_outcome {
-    () => {
-        fn to_wit_outcome(
-            result: Result<$crate::Row, $crate::Rejection>,
-            text: &mut $crate::RowText,
-        ) -> maskpipe::transform::types::Outcome {
-            use maskpipe::transform::types::{Date, LoginRow, Outcome, Protected, Rejection, Span};
-            fn span(text: &mut $crate::RowText, value: &str) -> Span {
-                let (start, end) = text.push(value);
-                Span { start, end }
-            }
-            fn protected(text: &mut $crate::RowText, value: &$crate::Protected) -> Protected {
-                match value {
-                    $crate::Protected::Masked(value) => Protected::Masked(span(text, value)),
-                    $crate::Protected::Pseudonymized(value) => {
-                        Protected::Pseudonymized(span(text, value))
-                    }
-                    $crate::Protected::Clear(value) => Protected::Clear(span(text, value)),
-                }
-            }
-            match result {
-                Ok(row) => Outcome::Row(LoginRow {
-                    user_id: Some(span(text, &row.user_id)),
-                    device_type: Some(span(text, &row.device_type)),
-                    masked_ip: Some(protected(text, &row.masked_ip)),
-                    masked_device_id: Some(protected(text, &row.masked_device_id)),
-                    locale: row.locale.as_deref().map(|locale| span(text, locale)),
-                    app_version: Some(row.app_version),
-                    create_date: Some(Date {
-                        year: row.create_date.year,
-                        month: row.create_date.month,
-                        day: row.create_date.day,
-                    }),
-                }),
-                Err(rejection) => Outcome::Rejected(Rejection {
-                    code: rejection.code.to_owned(),
-                    detail: rejection.detail,
-                }),
-            }
-        }
-    };
-}
-
-/// Exports [`transform`] with a [`Protect`] policy as the component's
-/// `transform-batch`. Call it after `wit_bindgen::generate!` for the
-/// `maskpipe:transform/transformer` world, in the component crate:
-///
-/// ```ignore
-/// wit_bindgen::generate!({ path: "../wit", world: "transformer" });
-/// login_core::export_transformer!(MyTransform, login_core::MaskBoth);
-/// ```
-#[macro_export]
-macro_rules! export_transformer {
-    ($component:ident, $policy:expr) => {
-        $crate::wit_outcome!();
-
-        struct $component;
-
-        impl Guest for $component {
-            fn reason_codes() -> Vec<String> {
-                $crate::REASON_CODES
-                    .iter()
-                    .map(|code| (*code).to_owned())
-                    .collect()
-            }
-
-            fn transform_batch(batch: Batch) -> Outcomes {
-                let policy = $policy;
-                let mut text = $crate::RowText::for_bodies(&batch.bodies);
-                let each =
-                    $crate::unpack(&batch.bodies, &batch.body_ends, &batch.sent_timestamps_ms)
-                        .map(|message| {
-                            to_wit_outcome(
-                                message.and_then(|(body, sent)| {
-                                    $crate::transform(body, sent, &policy)
-                                }),
-                                &mut text,
-                            )
-                        })
-                        .collect();
-                Outcomes {
-                    text: text.into_string(),
-                    each,
-                }
-            }
-        }
-
-        export!($component);
-    };
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -624,15 +228,6 @@ mod tests {
         let code = run(body).expect_err("should be rejected").code;
         assert!(REASON_CODES.contains(&code), "`{code}` is not declared");
         code
-    }
-
-    #[test]
-    fn row_text_hands_out_the_span_of_each_string() {
-        let mut text = RowText::for_bodies("{}");
-        assert_eq!(text.push("ab"), (0, 2));
-        assert_eq!(text.push(""), (2, 2));
-        assert_eq!(text.push("✓x"), (2, 6));
-        assert_eq!(text.into_string(), "ab✓x");
     }
 
     #[test]
@@ -770,35 +365,6 @@ mod tests {
     }
 
     #[test]
-    fn a_packed_batch_unpacks_in_order() {
-        let bodies = "first✓second";
-        let ends = [8, 14];
-        let sent = [1, 2];
-        let messages: Vec<_> = unpack(bodies, &ends, &sent).collect();
-        assert_eq!(messages, vec![Ok(("first✓", 1)), Ok(("second", 2))]);
-    }
-
-    #[test]
-    fn an_inconsistent_batch_is_refused_message_by_message() {
-        let bodies = "first✓second";
-        // Inside the check mark, past the end, a missing timestamp.
-        for (ends, sent) in [
-            (&[6, 14][..], &[1, 2][..]),
-            (&[8, 99], &[1, 2]),
-            (&[8, 14], &[1]),
-        ] {
-            let codes: Vec<_> = unpack(bodies, ends, sent)
-                .map(|message| message.map(|_| ()).map_err(|rejection| rejection.code))
-                .collect();
-            assert_eq!(codes.len(), 2);
-            assert!(
-                codes.contains(&Err("malformed_batch")),
-                "{ends:?} {sent:?}: {codes:?}"
-            );
-        }
-    }
-
-    #[test]
     fn rejection_details_never_echo_values() {
         let secret_ip = "300.1.2.3";
         let secret_device = "SECRET-DEVICE";
@@ -833,5 +399,91 @@ mod tests {
             })
         );
         assert_eq!(utc_date(u64::MAX), None);
+    }
+
+    #[test]
+    fn user_logins_has_the_take_home_columns_in_order() {
+        use maskpipe_guest::{ColumnType, Protections};
+        let columns = user_logins_columns();
+        let shape: Vec<_> = columns
+            .iter()
+            .map(|column| (column.name.as_str(), column.type_, column.nullable))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("user_id", ColumnType::Text(128), true),
+                ("device_type", ColumnType::Text(32), true),
+                ("masked_ip", ColumnType::Text(256), true),
+                ("masked_device_id", ColumnType::Text(256), true),
+                ("locale", ColumnType::Text(32), true),
+                ("app_version", ColumnType::Integer, true),
+                ("create_date", ColumnType::Date, true),
+            ]
+        );
+        let any = Protections::MASKED | Protections::PSEUDONYMIZED | Protections::CLEAR;
+        let pii: Vec<_> = columns
+            .iter()
+            .map(|column| {
+                column
+                    .pii
+                    .as_ref()
+                    .map(|pii| (pii.field.as_str(), pii.allows))
+            })
+            .collect();
+        assert_eq!(
+            pii,
+            [
+                None,
+                None,
+                Some(("ip", any)),
+                Some(("device_id", any)),
+                None,
+                None,
+                None
+            ]
+        );
+    }
+
+    #[test]
+    fn a_login_becomes_one_row_of_seven_values() {
+        use maskpipe_guest::{Outcome, Rows, Span, Value, wit};
+        let mut rows = Rows::new();
+        rows.message(|rows| {
+            let mut row = run(SAMPLE)?;
+            row.masked_device_id = Protected::Pseudonymized(row.user_id.clone());
+            row.locale = None;
+            push_user_login(rows, 3, &row);
+            Ok(())
+        });
+        assert_eq!(rows.outcomes(), &[Outcome::Rows(1)]);
+        assert_eq!(rows.tables(), &[3]);
+        let text = |span: &Span| &rows.text()[span.start as usize..span.end as usize];
+        let values = rows.values();
+        assert_eq!(values.len(), 7);
+        let [
+            Some(Value::Text(user_id)),
+            Some(Value::Text(device_type)),
+            Some(Value::Protected(wit::Protected::Masked(ip))),
+            Some(Value::Protected(wit::Protected::Pseudonymized(device_id))),
+            None,
+            Some(Value::Integer(20300)),
+            Some(Value::Date(date)),
+        ] = values
+        else {
+            panic!("{values:?}")
+        };
+        assert_eq!(text(user_id), "424cdd21-063a-43a7-b91b-7ca1a833afae");
+        assert_eq!(text(device_type), "android");
+        assert_eq!(text(ip), "199.172.111.135");
+        assert_eq!(text(device_id), "424cdd21-063a-43a7-b91b-7ca1a833afae");
+        assert_eq!(
+            *date,
+            Date {
+                year: 2022,
+                month: 12,
+                day: 12
+            }
+        );
     }
 }

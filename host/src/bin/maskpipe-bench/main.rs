@@ -33,8 +33,8 @@ use clap::Parser;
 use login_core::{MaskBoth, Protected};
 use maskpipe::masking::{Keyring, MasterKey};
 use maskpipe::record::{Outcome, TableRow, Value};
-use maskpipe::schema::Schema;
 use maskpipe::runtime::{self, Limits, Transform};
+use maskpipe::schema::Schema;
 use maskpipe::sink::{Database, PgSink, Processed};
 use maskpipe::source::{Received, SqsSource};
 use rand::rngs::StdRng;
@@ -352,14 +352,16 @@ fn native_outcome(body: &str, sent_timestamp_ms: u64, keyring: &Keyring) -> Outc
                 .map(Value::Date),
             ];
             // The same limits the runtime checks, from the declaration.
-            let fits = USER_LOGINS.columns.iter().zip(&values).all(|(column, value)| {
-                match (column.kind, value) {
+            let fits = USER_LOGINS
+                .columns
+                .iter()
+                .zip(&values)
+                .all(|(column, value)| match (column.kind, value) {
                     (maskpipe::schema::ColumnType::Text { max_chars }, Some(Value::Text(text))) => {
                         !text.contains('\0') && text.chars().count() <= max_chars as usize
                     }
                     _ => true,
-                }
-            });
+                });
             if fits {
                 Outcome::Rows(vec![TableRow { table: 0, values }])
             } else {

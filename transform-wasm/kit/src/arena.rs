@@ -14,11 +14,12 @@
 //! what is left of the arena (a huge message, or a block something kept
 //! across calls, which stops the arena from starting over) comes from the
 //! system allocator instead, and is freed there. Only a component, which is
-//! single-threaded, can use it as its global allocator:
+//! single-threaded, can use it as its global allocator, which
+//! [`export_transform!`](crate::export_transform) does:
 //!
 //! ```ignore
 //! #[global_allocator]
-//! static ALLOCATOR: login_core::arena::BatchArena = login_core::arena::BatchArena::new();
+//! static ALLOCATOR: maskpipe_guest::arena::BatchArena = maskpipe_guest::arena::BatchArena::new();
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};

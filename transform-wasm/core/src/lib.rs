@@ -447,7 +447,7 @@ mod tests {
 
     #[test]
     fn a_login_becomes_one_row_of_seven_values() {
-        use maskpipe_guest::{Outcome, Rows, Span, Value, wit};
+        use maskpipe_guest::{Outcome, Rows, Span, Value};
         let mut rows = Rows::new();
         rows.message(|rows| {
             let mut row = run(SAMPLE)?;
@@ -462,13 +462,13 @@ mod tests {
         let values = rows.values();
         assert_eq!(values.len(), 7);
         let [
-            Some(Value::Text(user_id)),
-            Some(Value::Text(device_type)),
-            Some(Value::Protected(wit::Protected::Masked(ip))),
-            Some(Value::Protected(wit::Protected::Pseudonymized(device_id))),
-            None,
-            Some(Value::Integer(20300)),
-            Some(Value::Date(date)),
+            Value::Text(user_id),
+            Value::Text(device_type),
+            Value::Masked(ip),
+            Value::Pseudonymized(device_id),
+            Value::Null,
+            Value::Integer(20300),
+            Value::Date(date),
         ] = values
         else {
             panic!("{values:?}")

@@ -77,7 +77,7 @@ mod tests {
         assert!(matches!(outcomes.each[1], Outcome::Rejected(_)));
         assert_eq!(outcomes.tables, [USER_LOGINS, LOGIN_DEVICES]);
         assert_eq!(outcomes.values.len(), 7 + 3);
-        assert_eq!(outcomes.values[8], Some(Value::Integer(20300)));
+        assert_eq!(outcomes.values[8], Value::Integer(20300));
     }
 
     #[test]

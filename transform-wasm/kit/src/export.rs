@@ -189,8 +189,8 @@ mod tests {
         assert_eq!(
             outcomes.values,
             [
-                Some(Value::Text(Span { start: 0, end: 1 })),
-                Some(Value::Text(Span { start: 1, end: 2 })),
+                Value::Text(Span { start: 0, end: 1 }),
+                Value::Text(Span { start: 1, end: 2 }),
             ]
         );
     }

@@ -98,8 +98,8 @@ pub use batch::{MALFORMED_BATCH, Rejection, unpack};
 pub use export::{Transform, describe, transform_batch};
 pub use rows::{RowBuilder, RowText, Rows};
 pub use wit::{
-    Batch, Column, ColumnType, Date, Declaration, Outcome, Outcomes, Pii, Protected, Protections,
-    Span, Table, Value,
+    Batch, Column, ColumnType, Date, Declaration, Outcome, Outcomes, Pii, Protections, Span, Table,
+    Value,
 };
 
 /// What [`export_transform!`] expands to; not an API.

@@ -1,7 +1,7 @@
 //! The way out: a batch's rows, packed as the WIT `outcomes` carries them.
 
 use crate::batch::Rejection;
-use crate::wit::{Batch, Date, Outcome, Outcomes, Protected, Span, Value};
+use crate::wit::{Batch, Date, Outcome, Outcomes, Span, Value};
 
 /// The text of a batch's rows, as the WIT `outcomes` carries it: every
 /// string of every row back to back, each known by its span.
@@ -72,7 +72,7 @@ impl RowText {
 pub struct Rows {
     text: RowText,
     tables: Vec<u8>,
-    values: Vec<Option<Value>>,
+    values: Vec<Value>,
     each: Vec<Outcome>,
 }
 
@@ -164,7 +164,7 @@ impl Rows {
     }
 
     /// Every row's values, row after row.
-    pub fn values(&self) -> &[Option<Value>] {
+    pub fn values(&self) -> &[Value] {
         &self.values
     }
 
@@ -207,9 +207,9 @@ macro_rules! optional {
 }
 
 impl RowBuilder<'_> {
-    /// Appends a value built by hand (`None` is SQL NULL).
+    /// Appends a value built by hand.
     #[inline]
-    pub fn value(&mut self, value: Option<Value>) -> &mut Self {
+    pub fn value(&mut self, value: Value) -> &mut Self {
         self.rows.values.push(value);
         self
     }
@@ -224,35 +224,35 @@ impl RowBuilder<'_> {
     /// SQL NULL.
     #[inline]
     pub fn null(&mut self) -> &mut Self {
-        self.value(None)
+        self.value(Value::Null)
     }
 
     /// A `varchar` value (of a column that is not PII).
     #[inline]
     pub fn text(&mut self, value: &str) -> &mut Self {
         let span = self.span(value);
-        self.value(Some(Value::Text(span)))
+        self.value(Value::Text(span))
     }
 
     #[inline]
     pub fn integer(&mut self, value: i32) -> &mut Self {
-        self.value(Some(Value::Integer(value)))
+        self.value(Value::Integer(value))
     }
 
     #[inline]
     pub fn bigint(&mut self, value: i64) -> &mut Self {
-        self.value(Some(Value::Bigint(value)))
+        self.value(Value::Bigint(value))
     }
 
     #[inline]
     pub fn boolean(&mut self, value: bool) -> &mut Self {
-        self.value(Some(Value::Boolean(value)))
+        self.value(Value::Boolean(value))
     }
 
     /// A `double precision` value; the host refuses NaN and the infinities.
     #[inline]
     pub fn double(&mut self, value: f64) -> &mut Self {
-        self.value(Some(Value::Double(value)))
+        self.value(Value::Double(value))
     }
 
     /// A `numeric` value, as decimal digits with an optional sign and
@@ -260,53 +260,53 @@ impl RowBuilder<'_> {
     #[inline]
     pub fn numeric(&mut self, value: &str) -> &mut Self {
         let span = self.span(value);
-        self.value(Some(Value::Numeric(span)))
+        self.value(Value::Numeric(span))
     }
 
     #[inline]
     pub fn date(&mut self, value: Date) -> &mut Self {
-        self.value(Some(Value::Date(value)))
+        self.value(Value::Date(value))
     }
 
     /// A `timestamp with time zone`, in microseconds since the Unix epoch.
     #[inline]
     pub fn timestamptz(&mut self, micros: i64) -> &mut Self {
-        self.value(Some(Value::Timestamptz(micros)))
+        self.value(Value::Timestamptz(micros))
     }
 
     /// A `uuid`, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` in hexadecimal.
     #[inline]
     pub fn uuid(&mut self, value: &str) -> &mut Self {
         let span = self.span(value);
-        self.value(Some(Value::Uuid(span)))
+        self.value(Value::Uuid(span))
     }
 
     /// A `jsonb` value: a JSON document.
     #[inline]
     pub fn jsonb(&mut self, json: &str) -> &mut Self {
         let span = self.span(json);
-        self.value(Some(Value::Jsonb(span)))
+        self.value(Value::Jsonb(span))
     }
 
     /// A PII value the host is to mask (keyed, reversible).
     #[inline]
     pub fn masked(&mut self, value: &str) -> &mut Self {
         let span = self.span(value);
-        self.value(Some(Value::Protected(Protected::Masked(span))))
+        self.value(Value::Masked(span))
     }
 
     /// A PII value the host is to pseudonymize (keyed, irreversible).
     #[inline]
     pub fn pseudonymized(&mut self, value: &str) -> &mut Self {
         let span = self.span(value);
-        self.value(Some(Value::Protected(Protected::Pseudonymized(span))))
+        self.value(Value::Pseudonymized(span))
     }
 
     /// A PII value stored as is: the transform already made it harmless.
     #[inline]
     pub fn clear(&mut self, value: &str) -> &mut Self {
         let span = self.span(value);
-        self.value(Some(Value::Protected(Protected::Clear(span))))
+        self.value(Value::Clear(span))
     }
 
     optional! {
@@ -331,13 +331,15 @@ mod tests {
     use super::*;
     use crate::wit;
 
-    fn text_of(rows: &Rows, value: &Option<Value>) -> String {
+    fn text_of(rows: &Rows, value: &Value) -> String {
         let span = match value {
-            Some(Value::Text(span) | Value::Numeric(span) | Value::Uuid(span))
-            | Some(Value::Jsonb(span)) => span,
-            Some(Value::Protected(
-                Protected::Masked(span) | Protected::Pseudonymized(span) | Protected::Clear(span),
-            )) => span,
+            Value::Text(span)
+            | Value::Numeric(span)
+            | Value::Uuid(span)
+            | Value::Jsonb(span)
+            | Value::Masked(span)
+            | Value::Pseudonymized(span)
+            | Value::Clear(span) => span,
             other => panic!("not a string value: {other:?}"),
         };
         rows.text()[span.start as usize..span.end as usize].to_owned()
@@ -383,14 +385,14 @@ mod tests {
         assert_eq!(rows.outcomes(), &[Outcome::Rows(1)]);
         let values = rows.values();
         assert_eq!(values.len(), 14);
-        assert_eq!(values[0], Some(Value::Text(Span { start: 0, end: 2 })));
-        assert_eq!(values[1], Some(Value::Integer(-7)));
-        assert_eq!(values[2], Some(Value::Bigint(1 << 40)));
-        assert_eq!(values[3], Some(Value::Boolean(true)));
-        assert_eq!(values[4], Some(Value::Double(0.5)));
-        assert_eq!(values[6], Some(Value::Date(day)));
-        assert_eq!(values[7], Some(Value::Timestamptz(1_670_839_200_000_000)));
-        assert_eq!(values[13], None);
+        assert_eq!(values[0], Value::Text(Span { start: 0, end: 2 }));
+        assert_eq!(values[1], Value::Integer(-7));
+        assert_eq!(values[2], Value::Bigint(1 << 40));
+        assert_eq!(values[3], Value::Boolean(true));
+        assert_eq!(values[4], Value::Double(0.5));
+        assert_eq!(values[6], Value::Date(day));
+        assert_eq!(values[7], Value::Timestamptz(1_670_839_200_000_000));
+        assert_eq!(values[13], Value::Null);
         let strings: Vec<String> = [0, 5, 8, 9, 10, 11, 12]
             .iter()
             .map(|&at| text_of(&rows, &values[at]))
@@ -407,10 +409,7 @@ mod tests {
                 "10.0.0.0/24"
             ]
         );
-        assert!(matches!(
-            values[11],
-            Some(Value::Protected(Protected::Pseudonymized(_)))
-        ));
+        assert!(matches!(values[11], Value::Pseudonymized(_)));
         // The strings, back to back, and nothing else.
         assert_eq!(
             rows.text(),
@@ -432,16 +431,13 @@ mod tests {
         assert_eq!(
             rows.values(),
             &[
-                None,
-                Some(Value::Text(Span { start: 0, end: 1 })),
-                None,
-                Some(Value::Integer(3)),
-                None,
-                None,
-                Some(Value::Protected(Protected::Masked(Span {
-                    start: 1,
-                    end: 2
-                }))),
+                Value::Null,
+                Value::Text(Span { start: 0, end: 1 }),
+                Value::Null,
+                Value::Integer(3),
+                Value::Null,
+                Value::Null,
+                Value::Masked(Span { start: 1, end: 2 }),
             ]
         );
     }
@@ -488,10 +484,10 @@ mod tests {
         assert_eq!(
             rows.values(),
             &[
-                Some(Value::Text(Span { start: 0, end: 4 })),
-                Some(Value::Integer(1)),
-                Some(Value::Text(Span { start: 4, end: 8 })),
-                Some(Value::Integer(3)),
+                Value::Text(Span { start: 0, end: 4 }),
+                Value::Integer(1),
+                Value::Text(Span { start: 4, end: 8 }),
+                Value::Integer(3),
             ]
         );
         assert_eq!(
@@ -512,8 +508,8 @@ mod tests {
         let mut rows = Rows::new();
         let shared = rows.span("android");
         rows.row(0)
-            .value(Some(Value::Text(shared)))
-            .value(Some(Value::Text(shared)));
+            .value(Value::Text(shared))
+            .value(Value::Text(shared));
         rows.push_outcome(Outcome::Rows(1));
         rows.reject(Rejection::new("malformed_batch", "offsets"));
         let outcomes = rows.into_outcomes();

@@ -334,9 +334,7 @@ impl Worker {
     /// One call into the component. A failure is described as the rejection
     /// the message(s) would get.
     async fn call(&mut self, messages: &[Received]) -> Result<Vec<Outcome>, Rejection> {
-        let t0 = std::time::Instant::now();
         self.packed.pack(messages)?;
-        let t1 = std::time::Instant::now();
         let deadline = self.transform.limits.deadline;
         let outcomes = bounded(
             deadline,
@@ -350,27 +348,11 @@ impl Worker {
             }
             failure
         })?;
-        let t2 = std::time::Instant::now();
         let declared = outcome::Declared {
             schema: &self.transform.schema,
             codes: &self.transform.reason_codes,
         };
-        let r = outcome::from_wit(outcomes, messages.len(), &declared, &self.keyring);
-        let t3 = std::time::Instant::now();
-        PROF[0].fetch_add(
-            (t1 - t0).as_nanos() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        PROF[1].fetch_add(
-            (t2 - t1).as_nanos() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        PROF[2].fetch_add(
-            (t3 - t2).as_nanos() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        PROF[3].fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        r
+        outcome::from_wit(outcomes, messages.len(), &declared, &self.keyring)
     }
 
     /// A trap or an abandoned call can leave an instance inconsistent: start afresh.
@@ -519,6 +501,3 @@ mod tests {
         assert_eq!(batch.sent_timestamps_ms, [1, 2, 3]);
     }
 }
-
-pub static PROF: [std::sync::atomic::AtomicU64; 4] =
-    [const { std::sync::atomic::AtomicU64::new(0) }; 4];

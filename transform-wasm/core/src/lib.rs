@@ -469,16 +469,16 @@ mod tests {
             Value::Null,
             Value::Integer(20300),
             Value::Date(date),
-        ] = values
+        ] = values[..]
         else {
             panic!("{values:?}")
         };
-        assert_eq!(text(user_id), "424cdd21-063a-43a7-b91b-7ca1a833afae");
-        assert_eq!(text(device_type), "android");
-        assert_eq!(text(ip), "199.172.111.135");
-        assert_eq!(text(device_id), "424cdd21-063a-43a7-b91b-7ca1a833afae");
+        assert_eq!(text(&user_id), "424cdd21-063a-43a7-b91b-7ca1a833afae");
+        assert_eq!(text(&device_type), "android");
+        assert_eq!(text(&ip), "199.172.111.135");
+        assert_eq!(text(&device_id), "424cdd21-063a-43a7-b91b-7ca1a833afae");
         assert_eq!(
-            *date,
+            date,
             Date {
                 year: 2022,
                 month: 12,

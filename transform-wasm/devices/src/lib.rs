@@ -76,8 +76,11 @@ mod tests {
         assert_eq!(outcomes.each[0], Outcome::Rows(2));
         assert!(matches!(outcomes.each[1], Outcome::Rejected(_)));
         assert_eq!(outcomes.tables, [USER_LOGINS, LOGIN_DEVICES]);
-        assert_eq!(outcomes.values.len(), 7 + 3);
-        assert_eq!(outcomes.values[8], Value::Integer(20300));
+        assert_eq!(outcomes.kinds.len(), 7 + 3);
+        assert_eq!(
+            Value::decode(outcomes.kinds[8], outcomes.words[8]),
+            Some(Value::Integer(20300))
+        );
     }
 
     #[test]

@@ -110,7 +110,8 @@ macro_rules! export_transform {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wit::{self, Column, Outcome, Span, Table, Value};
+    use crate::wit::{self, Column, Outcome, Table};
+    use crate::{Span, Value};
 
     /// Each body is a count of rows; "bad" is rejected after adding one.
     struct Counting;
@@ -187,11 +188,14 @@ mod tests {
         assert_eq!(outcomes.tables, [0, 0]);
         assert_eq!(outcomes.text, "22");
         assert_eq!(
-            outcomes.values,
+            (outcomes.kinds, outcomes.words),
             [
                 Value::Text(Span { start: 0, end: 1 }),
                 Value::Text(Span { start: 1, end: 2 }),
             ]
+            .into_iter()
+            .map(Value::encode)
+            .unzip()
         );
     }
 }

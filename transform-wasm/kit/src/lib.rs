@@ -67,6 +67,7 @@ mod batch;
 mod declare;
 mod export;
 mod rows;
+mod value;
 
 /// The bindings of the `maskpipe:transform/transformer` world, generated
 /// once for every transform. [`bindings::export_guest!`] exports a type that
@@ -83,10 +84,6 @@ pub mod bindings {
         default_bindings_module: "maskpipe_guest::bindings",
         // For tests and for `Eq` rows in the crates built on the kit.
         additional_derives: [PartialEq],
-        additional_type_attributes: {
-            "maskpipe:transform/types@1.0.0/date": [#[derive(Eq, Hash)]],
-            "maskpipe:transform/types@1.0.0/span": [#[derive(Eq, Hash)]],
-        },
     });
 }
 
@@ -97,9 +94,9 @@ pub use bindings::maskpipe::transform::types as wit;
 pub use batch::{MALFORMED_BATCH, Rejection, unpack};
 pub use export::{Transform, describe, transform_batch};
 pub use rows::{RowBuilder, RowText, Rows};
+pub use value::{Date, Span, Value};
 pub use wit::{
-    Batch, Column, ColumnType, Date, Declaration, Outcome, Outcomes, Pii, Protections, Span, Table,
-    Value,
+    Batch, Column, ColumnType, Declaration, Outcome, Outcomes, Pii, Protections, Table, ValueKind,
 };
 
 /// What [`export_transform!`] expands to; not an API.

@@ -1,7 +1,8 @@
 //! The way out: a batch's rows, packed as the WIT `outcomes` carries them.
 
 use crate::batch::Rejection;
-use crate::wit::{Batch, Date, Outcome, Outcomes, Span, Value};
+use crate::value::{Date, Span, Value};
+use crate::wit::{Batch, Outcome, Outcomes};
 
 /// The text of a batch's rows, as the WIT `outcomes` carries it: every
 /// string of every row back to back, each known by its span.
@@ -72,7 +73,9 @@ impl RowText {
 pub struct Rows {
     text: RowText,
     tables: Vec<u8>,
-    values: Vec<Value>,
+    /// Each value's kind and word (see [`Value::encode`]).
+    kinds: Vec<u8>,
+    words: Vec<u64>,
     each: Vec<Outcome>,
 }
 
@@ -88,7 +91,8 @@ impl Rows {
         Self {
             text: RowText::with_capacity(text_bytes),
             tables: Vec::with_capacity(messages),
-            values: Vec::with_capacity(messages.saturating_mul(values_per_message)),
+            kinds: Vec::with_capacity(messages.saturating_mul(values_per_message)),
+            words: Vec::with_capacity(messages.saturating_mul(values_per_message)),
             each: Vec::with_capacity(messages),
         }
     }
@@ -124,7 +128,7 @@ impl Rows {
     /// leaves nothing behind. (A transform must not call `message` itself.)
     #[inline]
     pub fn message(&mut self, transform: impl FnOnce(&mut Self) -> Result<(), Rejection>) {
-        let (text, tables, values) = (self.text.len(), self.tables.len(), self.values.len());
+        let (text, tables, values) = (self.text.len(), self.tables.len(), self.kinds.len());
         match transform(self) {
             Ok(()) => {
                 // A count past u32 cannot happen: a batch is far smaller.
@@ -134,7 +138,8 @@ impl Rows {
             Err(rejection) => {
                 self.text.truncate(text);
                 self.tables.truncate(tables);
-                self.values.truncate(values);
+                self.kinds.truncate(values);
+                self.words.truncate(values);
                 self.each.push(Outcome::Rejected(rejection.into()));
             }
         }
@@ -163,9 +168,14 @@ impl Rows {
         &self.tables
     }
 
-    /// Every row's values, row after row.
-    pub fn values(&self) -> &[Value] {
-        &self.values
+    /// Every row's values, row after row, decoded (for tests: the
+    /// component sends them packed).
+    pub fn values(&self) -> Vec<Value> {
+        self.kinds
+            .iter()
+            .zip(&self.words)
+            .filter_map(|(&kind, &word)| Value::decode(kind, word))
+            .collect()
     }
 
     /// One outcome per message recorded so far.
@@ -177,7 +187,8 @@ impl Rows {
         Outcomes {
             text: self.text.into_string(),
             tables: self.tables,
-            values: self.values,
+            kinds: self.kinds,
+            words: self.words,
             each: self.each,
         }
     }
@@ -210,7 +221,9 @@ impl RowBuilder<'_> {
     /// Appends a value built by hand.
     #[inline]
     pub fn value(&mut self, value: Value) -> &mut Self {
-        self.rows.values.push(value);
+        let (kind, word) = value.encode();
+        self.rows.kinds.push(kind);
+        self.rows.words.push(word);
         self
     }
 
@@ -515,7 +528,7 @@ mod tests {
         let outcomes = rows.into_outcomes();
         assert_eq!(outcomes.text, "android");
         assert_eq!(outcomes.tables, vec![0]);
-        assert_eq!(outcomes.values.len(), 2);
+        assert_eq!((outcomes.kinds.len(), outcomes.words.len()), (2, 2));
         assert_eq!(outcomes.each.len(), 2);
     }
 }

@@ -204,19 +204,6 @@ impl Report {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let r = run_inner(args).await;
-    let p = &maskpipe::runtime::PROF;
-    let n = p[3].load(std::sync::atomic::Ordering::Relaxed).max(1) as f64;
-    eprintln!(
-        "PROF pack {:.3} call {:.3} convert {:.3} us/msg over {n}",
-        p[0].load(std::sync::atomic::Ordering::Relaxed) as f64 / n / 1000.0,
-        p[1].load(std::sync::atomic::Ordering::Relaxed) as f64 / n / 1000.0,
-        p[2].load(std::sync::atomic::Ordering::Relaxed) as f64 / n / 1000.0
-    );
-    r
-}
-
-async fn run_inner(args: Args) -> Result<()> {
     let keyring = Arc::new(Keyring::new("bench", &MasterKey::parse(BENCH_KEY)?, &[])?);
     let component = PathBuf::from(
         std::env::var("MASKPIPE_TRANSFORM")

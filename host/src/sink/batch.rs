@@ -7,11 +7,12 @@
 //! rows (in every table), its ledger entry and its dead letter commit
 //! together or not at all, in one round trip whatever the batch's size.
 //! Every table's rows travel as column arrays (`UNNEST`), each row tagged
-//! with its message's position in the batch.
+//! with its message's id, and join the ids just claimed.
 //!
 //! A batch may hold one message id twice (SQS redelivers while the first
 //! copy is still in the batch): the first occurrence wins, deterministically
-//! (`WITH ORDINALITY` + `ORDER BY`), and the second counts as a duplicate.
+//! (`WITH ORDINALITY` + `ORDER BY` for the ledger and dead letters; only the
+//! first occurrence's rows are sent), and the second counts as a duplicate.
 //!
 //! Table and column names come from a [`Schema`], whose names are plain
 //! identifiers ([`Schema::new`]): they are written into the SQL as they are.
@@ -28,7 +29,7 @@ use crate::record::{Outcome, Value};
 use crate::schema::{ColumnType, Schema};
 
 /// `$1..$7`: the messages; `$8`: the component digest; then, per table,
-/// the rows' message positions and one array per column.
+/// the rows' message ids and one array per column.
 const MESSAGE_PARAMS: usize = 8;
 
 /// The statement that writes a batch for components declaring `schema`.
@@ -45,10 +46,7 @@ claimed AS (
     INSERT INTO maskpipe_processed (message_id, outcome, component_digest)
     SELECT message_id, outcome, $8 FROM input
     ON CONFLICT (message_id) DO NOTHING
-    RETURNING message_id
-),
-kept AS (
-    SELECT i.position FROM input i JOIN claimed USING (message_id)
+    RETURNING message_id, outcome
 ),
 ",
     );
@@ -59,7 +57,7 @@ kept AS (
         let mut arrays = Vec::new();
         let mut selects = Vec::new();
         param += 1;
-        arrays.push(format!("${param}::int8[]"));
+        arrays.push(format!("${param}::text[]"));
         for (c, column) in table.columns.iter().enumerate() {
             param += 1;
             let (array, cast) = match column.kind {
@@ -84,8 +82,8 @@ kept AS (
             "rows_{t} AS (
     INSERT INTO {table} ({columns})
     SELECT {selects}
-    FROM UNNEST({arrays}) AS r(position, {aliases})
-    JOIN kept USING (position)
+    FROM UNNEST({arrays}) AS r(message_id, {aliases})
+    JOIN claimed USING (message_id)
     RETURNING 1
 ),
 ",
@@ -113,7 +111,7 @@ SELECT (SELECT count(*) FROM claimed),
     sql.push_str(
         ",
        (SELECT coalesce(array_agg(reason), '{}') FROM new_dead_letters),
-       (SELECT count(*) FROM input i JOIN claimed USING (message_id) WHERE i.outcome = 'skipped')",
+       (SELECT count(*) FROM claimed WHERE outcome = 'skipped')",
     );
     sql
 }
@@ -184,10 +182,9 @@ impl<'a> ColumnArray<'a> {
     }
 }
 
-/// One table's rows: each one's message position (1-based, as `WITH
-/// ORDINALITY` counts) and its columns.
+/// One table's rows: each one's message id and its columns.
 struct TableArrays<'a> {
-    position: Vec<i64>,
+    message_id: Vec<&'a str>,
     columns: Vec<ColumnArray<'a>>,
 }
 
@@ -225,7 +222,7 @@ impl<'a> BatchParams<'a> {
                 .tables()
                 .iter()
                 .map(|table| TableArrays {
-                    position: Vec::new(),
+                    message_id: Vec::new(),
                     columns: table
                         .columns
                         .iter()
@@ -238,7 +235,21 @@ impl<'a> BatchParams<'a> {
             let message = processed.message;
             params.message_id.push(&message.id);
             params.outcome.push(processed.outcome.ledger_outcome());
+            // A second copy of a message id gets the first one's ledger
+            // entry (`DISTINCT ON`), so its rows must not be sent: they
+            // would join the first copy's claim. A batch is at most a few
+            // dozen messages, so a scan is cheaper than a set.
+            let repeated = batch[..index]
+                .iter()
+                .any(|earlier| earlier.message.id == message.id);
             match processed.outcome {
+                Outcome::Rows(_) if repeated => {
+                    params.reason.push(None);
+                    params.detail.push(None);
+                    params.body_sealed.push(None);
+                    params.detail_sealed.push(None);
+                    params.sent_at.push(None);
+                }
                 Outcome::Rows(rows) => {
                     params.reason.push(None);
                     params.detail.push(None);
@@ -256,7 +267,7 @@ impl<'a> BatchParams<'a> {
                                 table.columns.len()
                             );
                         }
-                        table.position.push(index as i64 + 1);
+                        table.message_id.push(&message.id);
                         for (column, value) in table.columns.iter_mut().zip(&row.values) {
                             if !column.push(value.as_ref()) {
                                 bail!("a row's value is not of its column's type");
@@ -300,7 +311,7 @@ impl<'a> BatchParams<'a> {
             &self.digest,
         ];
         for table in &self.tables {
-            params.push(&table.position);
+            params.push(&table.message_id);
             params.extend(table.columns.iter().map(ColumnArray::as_param));
         }
         params

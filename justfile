@@ -98,7 +98,7 @@ reset: up
     do $$
     declare t text;
     begin
-        foreach t in array array['user_logins', 'maskpipe_processed', 'maskpipe_dead_letters'] loop
+        foreach t in array array['user_logins', 'user_logins_analytics', 'login_devices', 'maskpipe_processed', 'maskpipe_dead_letters'] loop
             if to_regclass(t) is not null then
                 execute format('truncate %I', t);
             end if;

@@ -38,6 +38,7 @@ use wasmtime::Engine;
 use crate::record::{Outcome, Value};
 use crate::runtime::{Limits, Transform, short};
 use crate::schema::Schema;
+use crate::schema::catalog::CatalogError;
 use crate::sink::{Database, PgSink};
 use crate::source::Received;
 use crate::vectors;
@@ -433,6 +434,14 @@ pub struct SwapStats {
     pub failed: AtomicU64,
 }
 
+/// What a reload asks of the watch loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reload {
+    Done,
+    /// The database could not be asked: check again at the next tick.
+    RetryLater,
+}
+
 /// Where a candidate's declared tables are checked before it is published.
 #[derive(Clone)]
 pub struct TableCheck {
@@ -558,37 +567,56 @@ impl Reloader {
             // change next time; and recorded whatever the verdict, so a
             // refused component is not retried every period.
             last = now;
-            self.reload().await;
+            if self.reload().await == Reload::RetryLater {
+                // Forget the fingerprint: the next check tries again.
+                last = None;
+            }
         }
     }
 
-    async fn reload(&self) {
+    async fn reload(&self) -> Reload {
         let started = Instant::now();
         let old = Arc::clone(&self.current.borrow());
         match std::fs::read(&self.path) {
             Ok(bytes) if crate::runtime::digest(&bytes) == old.digest() => {
                 tracing::debug!("component unchanged (sha256:{})", short(old.digest()));
-                return;
+                return Reload::Done;
             }
             // Unreadable (mid-rename?) or changed: let loading say which.
             _ => {}
         }
         // Compilation runs on a blocking thread inside; validation yields.
         let mut candidate = load_validated(&self.engine, &self.path, self.limits).await;
+        let mut outcome = Reload::Done;
         if let (Ok((new, _)), Some(tables)) = (&candidate, &self.tables)
             && new.digest() != old.digest()
             && let Err(error) = tables.run(new).await
         {
+            // A database that could not be asked is no verdict on the
+            // component: try again at the next check, not only on the next
+            // change of the file.
+            let mismatch = matches!(
+                error.downcast_ref::<CatalogError>(),
+                Some(CatalogError::Mismatch(_))
+            );
+            if !mismatch {
+                outcome = Reload::RetryLater;
+            }
             candidate = Err(error.context(format!(
-                "component sha256:{}'s tables do not fit the database; fix them, then swap",
-                short(new.digest())
+                "component sha256:{}'s tables {}",
+                short(new.digest()),
+                if mismatch {
+                    "do not fit the database; fix them, then swap"
+                } else {
+                    "could not be checked against the database; retrying at the next check"
+                }
             )));
         }
         match candidate {
             Ok((new, validation)) => {
                 if new.digest() == old.digest() {
                     tracing::debug!("component unchanged (sha256:{})", short(old.digest()));
-                    return;
+                    return Reload::Done;
                 }
                 let took = started.elapsed();
                 tracing::info!(
@@ -614,6 +642,7 @@ impl Reloader {
                 );
             }
         }
+        outcome
     }
 }
 

@@ -176,6 +176,31 @@ async fn rows_that_break_the_declaration_cost_only_their_own_message() {
             .unwrap();
         assert_eq!(codes(&alone), [violation], "{index}");
     }
+    // Faults in values alone leave the batch's shape intact: converted in
+    // one call, beside good messages whose rows stay in place.
+    let values_only = [
+        login("ok-3"),
+        login("WRONGTYPE"),
+        login("TWOROWS"),
+        login("UNPROTECTED"),
+        login("ok-4"),
+    ];
+    let outcomes = worker.run(&received(&values_only)).await.unwrap();
+    assert_eq!(
+        codes(&outcomes),
+        ["row", violation, "rows", violation, "row"]
+    );
+    // Rows sharing one span cannot make the host copy and mask without
+    // bound: the output budget (the memory cap, 16 MiB here) stops that
+    // message; the others go through.
+    let shared = [login("ok-5"), login("SHARED"), login("ok-6")];
+    let outcomes = worker.run(&received(&shared)).await.unwrap();
+    assert_eq!(codes(&outcomes), ["row", violation, "row"]);
+    let budget = rejection(&outcomes[1]);
+    assert!(
+        budget.detail.contains("cost the host more than 16 MiB"),
+        "{budget:?}"
+    );
 }
 
 /// The longest another task on the host's executor may wait while a

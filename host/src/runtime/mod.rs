@@ -351,6 +351,8 @@ impl Worker {
         let declared = outcome::Declared {
             schema: &self.transform.schema,
             codes: &self.transform.reason_codes,
+            // As much as the component may hold itself.
+            output_bytes: self.transform.limits.memory_bytes,
         };
         outcome::from_wit(outcomes, messages.len(), &declared, &self.keyring)
     }

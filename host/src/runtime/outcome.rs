@@ -14,6 +14,8 @@
 //! fails costs that message alone a dead letter, with a reason and detail
 //! written by the host.
 
+use std::cell::Cell;
+
 use chrono::{DateTime, Datelike, NaiveDate};
 
 use super::bindings::maskpipe::transform::types as wit;
@@ -183,6 +185,47 @@ impl Sent {
 pub(super) struct Declared<'a> {
     pub schema: &'a Schema,
     pub codes: &'a ReasonCodes,
+    /// What converting one call's rows may cost (see [`Budget`]).
+    pub output_bytes: usize,
+}
+
+/// The most values one call may return: far past any real batch (ten
+/// messages of 16 tables of 64 columns is 10,240), small enough to walk.
+const MAX_VALUES: usize = 1 << 20;
+
+/// What converting one call's rows may cost the host, in bytes copied,
+/// masked, hashed or parsed. Spans may share text, so without it a
+/// component could ask for one 10 MiB span a million times over. Charged
+/// before the work; once spent, the call fails whole, and retried message
+/// by message it costs only the message that spends it.
+struct Budget {
+    left: Cell<usize>,
+    spent: Cell<bool>,
+}
+
+impl Budget {
+    fn new(bytes: usize) -> Self {
+        Self {
+            left: Cell::new(bytes),
+            spent: Cell::new(false),
+        }
+    }
+
+    fn charge(&self, bytes: usize) -> Result<(), Rejection> {
+        match self.left.get().checked_sub(bytes) {
+            Some(left) => {
+                self.left.set(left);
+                Ok(())
+            }
+            None => {
+                self.spent.set(true);
+                Err(Rejection::new(
+                    reason::CONTRACT_VIOLATION,
+                    "the transform's rows would cost the host more than its output budget",
+                ))
+            }
+        }
+    }
 }
 
 /// Converts a batch's outcomes, one per message, or refuses the batch's
@@ -215,6 +258,12 @@ pub(super) fn from_wit(
             outcomes.tables.len()
         )));
     }
+    if outcomes.kinds.len() > MAX_VALUES {
+        return Err(shape(format!(
+            "the transform returned {} values (at most {MAX_VALUES})",
+            outcomes.kinds.len()
+        )));
+    }
     if outcomes.kinds.len() != outcomes.words.len() {
         return Err(shape(format!(
             "the transform returned {} value kinds but {} value words",
@@ -240,6 +289,7 @@ pub(super) fn from_wit(
     }
 
     let text = outcomes.text.as_str();
+    let budget = Budget::new(declared.output_bytes);
     let mut row_tables = outcomes.tables.iter();
     let mut values = outcomes.kinds.iter().zip(&outcomes.words);
     let mut converted = Vec::with_capacity(messages);
@@ -257,7 +307,7 @@ pub(super) fn from_wit(
                     let table = &tables[index];
                     let mut row_values = values.by_ref().take(table.columns.len());
                     if let Ok(done) = &mut rows {
-                        match row_from_wit(table, row_values.by_ref(), text, keyring) {
+                        match row_from_wit(table, row_values.by_ref(), text, keyring, &budget) {
                             Ok(values) => done.push(TableRow {
                                 table: index,
                                 values,
@@ -274,6 +324,12 @@ pub(super) fn from_wit(
                 }
             }
         });
+    }
+    if budget.spent.get() {
+        return Err(shape(format!(
+            "the transform's rows would cost the host more than {} MiB",
+            declared.output_bytes >> 20
+        )));
     }
     Ok(converted)
 }
@@ -293,6 +349,7 @@ fn row_from_wit<'v>(
     values: impl Iterator<Item = (&'v u8, &'v u64)>,
     text: &str,
     keyring: &Keyring,
+    budget: &Budget,
 ) -> Result<Vec<Option<Value>>, Rejection> {
     // A plain loop, not `collect::<Result<_>>()`: this runs for every value
     // of every row, and the adapter chain cost a tenth of the host's time.
@@ -314,7 +371,9 @@ fn row_from_wit<'v>(
                     "is NOT NULL but the transform gave no value",
                 ));
             }
-            value => Some(value_from_wit(table, column, value, text, keyring).map_err(|e| *e)?),
+            value => {
+                Some(value_from_wit(table, column, value, text, keyring, budget).map_err(|e| *e)?)
+            }
         });
     }
     Ok(row)
@@ -351,6 +410,7 @@ fn value_from_wit(
     value: Sent,
     text: &str,
     keyring: &Keyring,
+    budget: &Budget,
 ) -> Result<Value, Box<Rejection>> {
     // The rare rejection is boxed: a `Result` the size of a `Value` moves
     // in registers, where one the size of a `Rejection` went through the
@@ -373,12 +433,12 @@ fn value_from_wit(
             }
         };
         return Ok(Value::Text(protect(
-            table, column, keyring, protected, text,
+            table, column, keyring, protected, text, budget,
         )?));
     }
     Ok(match (column.kind, value) {
         (ColumnType::Text { max_chars }, Sent::Text(span)) => {
-            Value::Text(checked_text(table, column, max_chars, span, text)?.to_owned())
+            Value::Text(checked_text(table, column, max_chars, span, text, budget)?.to_owned())
         }
         (ColumnType::Integer, Sent::Integer(v)) => Value::Integer(v),
         (ColumnType::Bigint, Sent::Bigint(v)) => Value::Bigint(v),
@@ -395,6 +455,7 @@ fn value_from_wit(
                     overflow(table, column, &format!("exceed {MAX_NUMERIC_BYTES} digits")).into(),
                 );
             }
+            budget.charge(span_len(span))?;
             let digits = slice(text, span)?;
             if !is_decimal(digits) {
                 return Err(violation(table, column, "would hold a malformed number").into());
@@ -433,9 +494,11 @@ fn value_from_wit(
                 .into());
             }
             let json = slice(text, span)?;
-            // PostgreSQL's jsonb cannot hold U+0000, even escaped.
-            if serde_json::from_str::<serde::de::IgnoredAny>(json).is_err()
-                || json.contains("\\u0000")
+            budget.charge(json.len())?;
+            // Parsed in full, as PostgreSQL will: `IgnoredAny` lets a lone
+            // surrogate or an out-of-range number through. And jsonb cannot
+            // hold U+0000, even escaped.
+            if serde_json::from_str::<serde_json::Value>(json).is_err() || json.contains("\\u0000")
             {
                 return Err(violation(table, column, "would hold malformed JSON").into());
             }
@@ -485,12 +548,14 @@ fn checked_text<'t>(
     max_chars: u32,
     span: Span,
     text: &'t str,
+    budget: &Budget,
 ) -> Result<&'t str, Rejection> {
     let limit = max_chars as usize;
     let too_long = || record::overflow(&table.name, &column.name, max_chars);
     if span_len(span) > 4 * limit {
         return Err(too_long());
     }
+    budget.charge(span_len(span))?;
     let value = slice(text, span)?;
     // PostgreSQL text cannot hold NUL, and varchar(n) counts characters.
     if value.contains('\0') {
@@ -554,6 +619,8 @@ fn slice(text: &str, span: Span) -> Result<&str, Rejection> {
 /// the longest value it could hold in clear, so hashing costs no more than
 /// storing.
 const PSEUDONYMIZED_BYTES_PER_CHAR: usize = 4;
+/// The longest pseudonym (`ps1.<key id>.…`), as the budget counts it.
+const PSEUDONYM_BYTES: usize = 44;
 
 /// How a PII value asks to be stored.
 #[derive(Clone, Copy)]
@@ -570,6 +637,7 @@ fn protect(
     keyring: &Keyring,
     value: Protection,
     text: &str,
+    budget: &Budget,
 ) -> Result<String, Rejection> {
     let (ColumnType::Text { max_chars }, Some(pii)) = (column.kind, &column.pii) else {
         // Schema::new allows PII only on text columns.
@@ -592,22 +660,27 @@ fn protect(
     }
     Ok(match value {
         Protection::Masked(span) => {
-            if masked_len(keyring.current_key_id().len(), span_len(span)) > limit {
+            let masked = masked_len(keyring.current_key_id().len(), span_len(span));
+            if masked > limit {
                 return Err(too_long());
             }
+            budget.charge(masked)?;
             keyring.mask(&pii.field, slice(text, span)?)
         }
         Protection::Pseudonymized(span) => {
             if span_len(span) > PSEUDONYMIZED_BYTES_PER_CHAR * limit {
                 return Err(too_long());
             }
+            budget.charge(span_len(span) + PSEUDONYM_BYTES)?;
             let pseudonym = keyring.pseudonymize(&pii.field, slice(text, span)?);
             if pseudonym.len() > limit {
                 return Err(too_long());
             }
             pseudonym
         }
-        Protection::Clear(span) => checked_text(table, column, max_chars, span, text)?.to_owned(),
+        Protection::Clear(span) => {
+            checked_text(table, column, max_chars, span, text, budget)?.to_owned()
+        }
     })
 }
 
@@ -746,6 +819,7 @@ mod tests {
         let declared = Declared {
             schema: &schema,
             codes: &codes,
+            output_bytes: 64 << 20,
         };
         from_wit(outcomes, messages, &declared, &keyring())
     }
@@ -886,8 +960,7 @@ mod tests {
 
     #[test]
     fn every_type_is_checked_before_postgresql_sees_it() {
-        let text =
-            "-12.50|0d4f0a4e-8a3c-4b5e-9f00-1234567890ab|{\"a\": [1]}|1e5|xyz|{\"a\": \"\\u0000\"}";
+        let text = "-12.50|0d4f0a4e-8a3c-4b5e-9f00-1234567890ab|{\"a\": [1]}|1e5|xyz|{\"a\": \"\\u0000\"}|\"\\ud800\"|1e1000000";
         let at = |needle: &str| {
             let start = text.find(needle).unwrap() as u32;
             span(start, start + needle.len() as u32)
@@ -929,12 +1002,62 @@ mod tests {
                 Sent::Jsonb(at("{\"a\": \"\\u0000\"}")),
                 reason::CONTRACT_VIOLATION,
             ),
+            (
+                6,
+                Sent::Jsonb(at("\"\\ud800\"")),
+                reason::CONTRACT_VIOLATION,
+            ),
+            (6, Sent::Jsonb(at("1e1000000")), reason::CONTRACT_VIOLATION),
         ] {
             let mut values = good.clone();
             values[index] = bad;
             let rejection = expect_rejection(convert(kinds(values), 1).unwrap().remove(0));
             assert_eq!(rejection.code, code, "{rejection:?}");
         }
+    }
+
+    #[test]
+    fn rows_sharing_one_span_cannot_spend_more_than_the_output_budget() {
+        // Spans may share text: 1,000 rows whose user_id is the same 100
+        // bytes ask the host for 100,000 bytes of copies.
+        let text = "u".repeat(100);
+        let row = || login(span(0, 100), Sent::Clear(span(0, 1)));
+        let many = |rows: usize| wit::Outcomes {
+            text: text.clone(),
+            tables: vec![0; rows],
+            each: vec![wit::Outcome::Rows(rows as u32)],
+            ..packed((0..rows).flat_map(|_| row()).collect())
+        };
+        let schema = schema();
+        let codes = codes();
+        let declared = |output_bytes| Declared {
+            schema: &schema,
+            codes: &codes,
+            output_bytes,
+        };
+        let keyring = keyring();
+        let rejection = from_wit(many(1_000), 1, &declared(50_000), &keyring).unwrap_err();
+        assert_eq!(rejection.code, reason::CONTRACT_VIOLATION);
+        assert!(
+            rejection.detail.contains("cost the host more than"),
+            "{rejection:?}"
+        );
+        // Within the budget, the same rows pass.
+        let fine = from_wit(many(1_000), 1, &declared(200_000), &keyring).unwrap();
+        assert_eq!(expect_rows(fine[0].clone()).len(), 1_000);
+        // And no call may return more than MAX_VALUES values at all.
+        let too_many = wit::Outcomes {
+            text: String::new(),
+            tables: Vec::new(),
+            each: vec![wit::Outcome::Rows(0)],
+            kinds: vec![0; MAX_VALUES + 1],
+            words: vec![0; MAX_VALUES + 1],
+        };
+        let rejection = from_wit(too_many, 1, &declared(64 << 20), &keyring).unwrap_err();
+        assert!(
+            rejection.detail.contains("values (at most"),
+            "{rejection:?}"
+        );
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub async fn inspect(component: &Path) -> Result<String> {
             let _ = writeln!(out, "\ntables (as --create-tables would create them)");
             for table in transform.schema().tables() {
                 let _ = writeln!(out, "  {};", table.create_sql());
-                for column in table.columns.iter().filter(|c| c.pii.is_some()) {
+                for column in &table.columns {
                     if let Some(pii) = &column.pii {
                         let _ = writeln!(
                             out,

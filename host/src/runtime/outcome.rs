@@ -3,16 +3,18 @@
 //!
 //! The batch's shape is checked first (one outcome per message, as many rows
 //! as the outcomes claim, as many values as those rows' tables have
-//! columns): a batch that breaks it fails whole, and the worker retries it
-//! message by message, so the shape pins the fault on one message. Then
-//! each value: its variant must be its column's type (a PII column takes
-//! only `protected`, in a way it allows), a string is cut from the batch's
-//! `text` only after its length is known to fit (so a span over 64 MiB
-//! costs O(1), not a copy), a PII value is masked only if its result can
-//! fit, and dates, times, numbers, uuids and JSON must be ones PostgreSQL
-//! stores. A rejection's code must be one the component declared. Whatever
-//! fails costs that message alone a dead letter, with a reason and detail
-//! written by the host.
+//! columns, at most 2^20 values): a batch that breaks it fails whole, and
+//! the worker retries it message by message, so the shape pins the fault on
+//! one message. Then each value, decoded from its kind and word ([`Sent`]):
+//! its kind must be its column's type (a PII column takes only a
+//! protection, one it allows), a string is cut from the batch's `text` only
+//! after its length is known to fit (so a span over 64 MiB costs O(1), not
+//! a copy), a PII value is masked only if its result can fit, and dates,
+//! times, numbers, uuids and JSON must be ones PostgreSQL stores. Every
+//! copy, mask and parse is charged to the call's output budget first
+//! ([`Budget`]: spans may share text). A rejection's code must be one the
+//! component declared. Whatever fails costs that message alone a dead
+//! letter, with a reason and detail written by the host.
 
 use std::cell::Cell;
 
@@ -154,8 +156,7 @@ impl Sent {
         })
     }
 
-    /// The kind byte and word that decode to this value: for tests, and
-    /// the benchmark's baseline.
+    /// The kind byte and word that decode to this value (for tests).
     #[cfg(test)]
     pub(super) fn encode(self) -> (u8, u64) {
         let span = |span: Span| u64::from(span.start) | u64::from(span.end) << 32;

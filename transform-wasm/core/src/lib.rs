@@ -37,8 +37,9 @@ pub struct Row {
     pub create_date: Date,
 }
 
-/// How the host is to store a PII value (WIT `protected`): the transform
-/// decides, the host (which holds the keys) does it.
+/// How the host is to store a PII value (WIT `value-kind`'s `masked`,
+/// `pseudonymized` and `clear`): the transform decides, the host (which
+/// holds the keys) does it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Protected {
     /// Keyed, deterministic, reversible masking.

@@ -116,7 +116,7 @@ reset: up
         sqs DeleteQueue "{\"QueueUrl\": \"$url\"}" >/dev/null
         echo "deleted queue $MASKPIPE_QUEUE"
     fi
-    echo "emptied user_logins, maskpipe_processed and maskpipe_dead_letters in database maskpipe"
+    echo "emptied the demo tables (user_logins, user_logins_analytics, login_devices, maskpipe_processed, maskpipe_dead_letters: those that exist) in database maskpipe"
 
 # psql on the local stack's database; extra arguments pass through (e.g. just psql -c 'select 1').
 [no-exit-message]

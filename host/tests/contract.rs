@@ -8,11 +8,10 @@ mod common;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::AsyncBufReadExt;
 
 fn devices_path() -> std::path::PathBuf {
     fixture_path("transform_devices")
@@ -37,56 +36,16 @@ fn numbered_logins(tag: &str, count: usize) -> Vec<String> {
         .collect()
 }
 
-/// A host on `transform` with its stderr collected.
-struct Host {
-    child: tokio::process::Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Host {
-    fn start(queue: &str, database: &str, transform: &Path, extra: &[&str]) -> Self {
-        let mut child = maskpipe()
-            .args(["run", "--wait-seconds", "1", "--progress-seconds", "0"])
-            .args(["--queue", queue, "--database-url", database])
-            .arg("--transform")
-            .arg(transform)
-            .args(extra)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::<String>::new()));
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let writer = Arc::clone(&log);
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                writer.lock().unwrap().push(line);
-            }
-        });
-        Self { child, log }
-    }
-
-    fn logged(&self, needle: &str) -> Option<String> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|line| line.contains(needle))
-            .cloned()
-    }
-
-    async fn stop(mut self) {
-        let pid = self.child.id().unwrap().to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(status.success(), "host exited with {status}");
-    }
+/// `maskpipe run` on `transform`, its stderr collected.
+fn start_host(queue: &str, database: &str, transform: &Path, extra: &[&str]) -> LoggedHost {
+    let mut command = maskpipe();
+    command
+        .args(["run", "--wait-seconds", "1", "--progress-seconds", "0"])
+        .args(["--queue", queue, "--database-url", database])
+        .arg("--transform")
+        .arg(transform)
+        .args(extra);
+    LoggedHost::spawn(command)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -101,7 +60,7 @@ async fn a_swap_whose_column_is_missing_is_refused_then_accepted_after_alter_tab
         maskpipe::swap::vectors_path(&live),
     )
     .unwrap();
-    let host = Host::start(queue.queue_url(), &database, &live, &["--pollers", "2"]);
+    let host = start_host(queue.queue_url(), &database, &live, &["--pollers", "2"]);
 
     // Continuous load: unique logins, ten every 20 ms, until told to stop.
     let sent = Arc::new(AtomicUsize::new(0));
@@ -382,25 +341,7 @@ async fn fan_out_under_kill_9_is_exactly_once_in_every_table() {
         "the kills came too late to test anything"
     );
     // What is left, to the end.
-    let started = std::time::Instant::now();
-    loop {
-        let output = run_with_limit(
-            drain_command(queue.queue_url(), &database, &devices_path(), &[]),
-            Duration::from_secs(120),
-        )
-        .await;
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let depth = queue.depth().await.unwrap();
-        if depth.visible + depth.in_flight == 0 {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(120), "{depth:?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    drain_until_empty_with(&queue, &database, None, &devices_path()).await;
 
     // Each message's rows, in both tables, exactly once.
     assert_exactly_once(&database, VALID, 30).await;

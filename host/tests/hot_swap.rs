@@ -240,73 +240,27 @@ async fn swapping_mid_stream_loses_nothing_and_refuses_a_broken_component() {
     std::fs::remove_dir_all(&deploy_dir).ok();
 }
 
-/// A running `maskpipe run` whose stderr is collected.
-struct Host {
-    child: tokio::process::Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Host {
-    /// One poller on `transform`; only file events (the periodic check is
-    /// off) can make it notice a change.
-    fn start(queue: &str, database: &str, transform: &Path) -> Self {
-        let mut child = maskpipe()
-            .args([
-                "run",
-                "--pollers",
-                "1",
-                "--wait-seconds",
-                "1",
-                "--progress-seconds",
-                "0",
-            ])
-            .args(["--queue", queue, "--database-url", database])
-            .arg("--transform")
-            .arg(transform)
-            // An environment variable, not a flag: a host that does not
-            // know it still starts (and shows whether events alone swap).
-            .env("MASKPIPE_WATCH_POLL_SECONDS", "0")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::<String>::new()));
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let writer = Arc::clone(&log);
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                writer.lock().unwrap().push(line);
-            }
-        });
-        Self { child, log }
-    }
-
-    fn lines_with(&self, needle: &str) -> Vec<String> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .cloned()
-            .collect()
-    }
-
-    fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    async fn stop(mut self) {
-        let pid = self.child.id().unwrap().to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(status.success(), "host exited with {status}");
-    }
+/// `maskpipe run` with one poller on `transform`; only file events (the
+/// periodic check is off) can make it notice a change.
+fn start_host(queue: &str, database: &str, transform: &Path) -> LoggedHost {
+    let mut command = maskpipe();
+    command
+        .args([
+            "run",
+            "--pollers",
+            "1",
+            "--wait-seconds",
+            "1",
+            "--progress-seconds",
+            "0",
+        ])
+        .args(["--queue", queue, "--database-url", database])
+        .arg("--transform")
+        .arg(transform)
+        // An environment variable, not a flag: a host that does not know it
+        // still starts (and shows whether events alone swap).
+        .env("MASKPIPE_WATCH_POLL_SECONDS", "0");
+    LoggedHost::spawn(command)
 }
 
 /// How many messages of `database`'s ledger ran on `digest`.
@@ -404,7 +358,7 @@ async fn a_kubelet_configmap_update_swaps_without_sighup_and_back() {
 
     let mut volume = ConfigMapVolume::new();
     volume.update(&first);
-    let host = Host::start(queue.queue_url(), &database, &volume.path("transform.wasm"));
+    let host = start_host(queue.queue_url(), &database, &volume.path("transform.wasm"));
     send_logins(&queue, "cm-v1", 10).await;
     wait_for("rows from v1", Duration::from_secs(60), async || {
         ran_on(&database, &v1_digest).await >= 10
@@ -479,7 +433,7 @@ async fn a_component_storing_the_raw_ip_is_refused_at_hot_swap_and_the_running_o
         &live,
     );
 
-    let host = Host::start(queue.queue_url(), &database, &live);
+    let host = start_host(queue.queue_url(), &database, &live);
     send_logins(&queue, "leak-before", 10).await;
     wait_for("rows from v1", Duration::from_secs(60), async || {
         ran_on(&database, &v1_digest).await >= 10

@@ -370,9 +370,19 @@ impl Drop for PrivateStack {
 
 /// Drains whatever is left (after in-flight messages become visible again).
 pub async fn drain_until_empty(queue: &SqsSource, database: &str, endpoint: Option<&str>) {
+    drain_until_empty_with(queue, database, endpoint, &component_path()).await;
+}
+
+/// [`drain_until_empty`] with another component.
+pub async fn drain_until_empty_with(
+    queue: &SqsSource,
+    database: &str,
+    endpoint: Option<&str>,
+    component: &std::path::Path,
+) {
     let started = Instant::now();
     loop {
-        let mut command = drain_command(queue.queue_url(), database, &component_path(), &[]);
+        let mut command = drain_command(queue.queue_url(), database, component, &[]);
         if let Some(endpoint) = endpoint {
             command.env("AWS_ENDPOINT_URL", endpoint);
         }
@@ -407,4 +417,64 @@ pub fn login_schema() -> Arc<maskpipe::schema::Schema> {
 pub async fn prepare_sink(sink: &mut maskpipe::sink::PgSink) {
     sink.ensure_schema().await.unwrap();
     sink.prepare_tables(&login_schema(), true).await.unwrap();
+}
+
+/// A running `maskpipe` whose stderr is collected line by line.
+pub struct LoggedHost {
+    pub child: tokio::process::Child,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl LoggedHost {
+    /// Spawns `command` (stdout discarded, stderr collected).
+    pub fn spawn(mut command: tokio::process::Command) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = command
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("maskpipe could not be started");
+        let log = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("piped")).lines();
+        let writer = Arc::clone(&log);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                writer.lock().unwrap().push(line);
+            }
+        });
+        Self { child, log }
+    }
+
+    pub fn lines_with(&self, needle: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    /// The first line holding `needle`, if any yet.
+    pub fn logged(&self, needle: &str) -> Option<String> {
+        self.lines_with(needle).into_iter().next()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM, then the exit, which must be a success within 30 s.
+    pub async fn stop(mut self) {
+        let pid = self.child.id().expect("running").to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "host exited with {status}");
+    }
 }

@@ -417,3 +417,68 @@ async fn maskpipe_run_prunes_the_ledger_in_the_background_and_warns_of_a_short_r
         "{log}"
     );
 }
+
+/// One message's rows in two tables: `user_logins` and a second table of
+/// one NOT NULL text column.
+fn fan_out(user: &str) -> Outcome {
+    let Outcome::Rows(mut rows) = row(user) else {
+        unreachable!("row() makes rows")
+    };
+    rows.push(TableRow {
+        table: 1,
+        values: vec![Some(Value::Text(format!("device of {user}")))],
+    });
+    Outcome::Rows(rows)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivered_fan_out_message_adds_rows_to_no_table() {
+    use maskpipe::schema::{Column, ColumnType, Schema, Table, user_logins};
+    let url = fresh_database().await;
+    let mut sink = PgSink::connect(&Database::new(&url, None).unwrap())
+        .await
+        .unwrap();
+    sink.ensure_schema().await.unwrap();
+    let schema = std::sync::Arc::new(
+        Schema::new(vec![
+            user_logins(),
+            Table {
+                name: "login_devices".into(),
+                columns: vec![Column {
+                    name: "device".into(),
+                    kind: ColumnType::Text { max_chars: 64 },
+                    nullable: false,
+                    pii: None,
+                }],
+            },
+        ])
+        .unwrap(),
+    );
+    sink.prepare_tables(&schema, true).await.unwrap();
+    let write_twice = async |sink: &mut PgSink, receipt: &str| {
+        let messages: Vec<Received> = ["f1", "f2"]
+            .iter()
+            .map(|id| Received {
+                receipt_handle: format!("{receipt}-{id}"),
+                ..message(id)
+            })
+            .collect();
+        let outcomes: Vec<Outcome> = messages.iter().map(|m| fan_out(&m.id)).collect();
+        let batch: Vec<Processed<'_>> = messages
+            .iter()
+            .zip(&outcomes)
+            .map(|(message, outcome)| Processed { message, outcome })
+            .collect();
+        sink.write_batch(&batch, &schema, "digest", &keyring())
+            .await
+            .unwrap()
+    };
+    let first = write_twice(&mut sink, "first").await;
+    assert_eq!((first.rows, first.duplicates), (4, 0));
+    // The same ids again, as SQS redelivers them: nothing in any table.
+    let again = write_twice(&mut sink, "again").await;
+    assert_eq!((again.rows, again.duplicates), (0, 2));
+    let db = query_client(&url).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM user_logins").await, 2);
+    assert_eq!(count(&db, "SELECT count(*) FROM login_devices").await, 2);
+}

@@ -243,20 +243,14 @@ impl<'a> BatchParams<'a> {
                 .iter()
                 .any(|earlier| earlier.message.id == message.id);
             match processed.outcome {
-                Outcome::Rows(_) if repeated => {
-                    params.reason.push(None);
-                    params.detail.push(None);
-                    params.body_sealed.push(None);
-                    params.detail_sealed.push(None);
-                    params.sent_at.push(None);
-                }
                 Outcome::Rows(rows) => {
                     params.reason.push(None);
                     params.detail.push(None);
                     params.body_sealed.push(None);
                     params.detail_sealed.push(None);
                     params.sent_at.push(None);
-                    for row in rows {
+                    let sent: &[_] = if repeated { &[] } else { rows };
+                    for row in sent {
                         let Some(table) = params.tables.get_mut(row.table) else {
                             bail!("a row names table #{} outside its schema", row.table);
                         };

@@ -31,7 +31,7 @@ up:
 down:
     @scripts/stack.sh down
 
-# Build every transform component (every cdylib under transform-wasm/) and put its golden vectors beside it (NAME.vectors.jsonl), where hot swap looks for them.
+# Build every transform component (every cdylib under transform-wasm/, and with componentize-py every transform-wasm/NAME/app.py) and put its golden vectors beside it (NAME.vectors.jsonl), where hot swap looks for them.
 build-transform: toolchain
     #!/usr/bin/env bash
     set -euo pipefail
@@ -46,8 +46,9 @@ build-transform: toolchain
         file="$(sed -n 's/^name = "\(.*\)"/\1/p' "$manifest" | head -1 | tr - _)"
         cp "$(dirname "$manifest")/vectors.jsonl" "target/{{wasm_target}}/release/$file.vectors.jsonl"
     done
+    scripts/build-python.sh transforms
 
-# Build the test fixture components (sandbox, validation and schema tests): every host/tests/fixtures/*, e.g. target/wasm32-wasip2/release/fixture_hostile.wasm.
+# Build the test fixture components (sandbox, validation and schema tests): every host/tests/fixtures/*, e.g. target/wasm32-wasip2/release/fixture_hostile.wasm (a Python fixture NAME/app.py becomes fixture_NAME.wasm).
 build-fixtures: toolchain
     #!/usr/bin/env bash
     set -euo pipefail
@@ -56,6 +57,7 @@ build-fixtures: toolchain
         packages+=(-p "$(sed -n 's/^name = "\(.*\)"/\1/p' "$manifest" | head -1)")
     done
     cargo build --release --target {{wasm_target}} "${packages[@]}"
+    scripts/build-python.sh fixtures
 
 # Scaffold a new transform crate under transform-wasm/NAME that builds and passes its own vectors.
 new-transform name:

@@ -8,6 +8,14 @@
 //! (no environment, arguments, preopened directories or network; stdio goes
 //! nowhere; both clocks are frozen at zero).
 //!
+//! A filesystem and sockets are linked too, because CPython (and so every
+//! Python transform) imports them, but they reach nothing: the filesystem
+//! has no preopened directory, so there is no path to open, and every
+//! socket is refused before the host makes one (TCP and UDP are off, every
+//! address fails the address check, and name lookup is off), so a
+//! transform that tries either gets an error it can handle, never a file
+//! or a packet.
+//!
 //! [`SandboxLimiter`] caps, per store, the *total* of all linear memories
 //! (a component may hold several), the total of all table elements, and the
 //! number of instances, memories and tables, and remembers which cap was
@@ -28,7 +36,8 @@ pub(super) const CONTRACT_VERSION: &str = "1.0.0";
 
 /// Interfaces a component may import. WASI is linked with an empty context,
 /// so these are inert: they exist because Rust's std for `wasm32-wasip2`
-/// imports them whether or not the transform uses them.
+/// and CPython import them whether or not the transform uses them (see the
+/// module doc for why the filesystem and sockets reach nothing).
 /// `maskpipe:transform/types` holds only type definitions: no functions.
 const GRANTED_IMPORTS: &[&str] = &[
     "maskpipe:transform/types",
@@ -44,12 +53,21 @@ const GRANTED_IMPORTS: &[&str] = &[
     "wasi:cli/terminal-stderr",
     "wasi:clocks/monotonic-clock",
     "wasi:clocks/wall-clock",
+    "wasi:filesystem/preopens",
+    "wasi:filesystem/types",
     "wasi:io/error",
     "wasi:io/poll",
     "wasi:io/streams",
     "wasi:random/insecure",
     "wasi:random/insecure-seed",
     "wasi:random/random",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/ip-name-lookup",
+    "wasi:sockets/network",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
 ];
 
 /// Counts no real component comes near (a Rust component has a handful of
@@ -147,9 +165,15 @@ pub struct HostState {
 impl HostState {
     pub fn new(memory_cap: usize) -> Self {
         Self {
+            // Said in full, not left to wasmtime-wasi's defaults: no
+            // preopened directory (none is added), no network.
             wasi: WasiCtx::builder()
                 .wall_clock(FrozenClock)
                 .monotonic_clock(FrozenClock)
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .socket_addr_check(|_, _| Box::pin(async { false }))
                 .build(),
             table: ResourceTable::new(),
             limiter: SandboxLimiter::new(memory_cap),
@@ -204,7 +228,7 @@ pub(super) fn check_imports(engine: &Engine, component: &Component) -> Result<()
         if !GRANTED_IMPORTS.contains(&interface) {
             bail!(
                 "the component imports `{name}`, which maskpipe does not grant \
-                 (a transform gets only inert WASI stdio, clocks and random)"
+                 (a transform gets only inert WASI stdio, clocks, random, and a filesystem and sockets that reach nothing)"
             );
         }
     }

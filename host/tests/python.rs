@@ -1,0 +1,721 @@
+//! Transforms written in Python (componentize-py, CPython in the
+//! component): the Python reference passes the Rust reference's golden
+//! vectors through `maskpipe transform test` and gives the Rust reference's
+//! outcome for every message of an edge-case corpus; a Python component
+//! that tries the filesystem or the network reaches neither and keeps
+//! working; and hot swaps Rust → Python → Rust under load lose and
+//! duplicate nothing, a cold compile never stopping the pollers.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use maskpipe::record::{Outcome, Value};
+use maskpipe::runtime::{self, Limits, Transform, Worker};
+use maskpipe::source::Received;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sha2::Digest;
+
+fn built(name: &str) -> PathBuf {
+    let path = component_path().with_file_name(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} missing: run `just build-transform build-fixtures`",
+        path.display()
+    );
+    path
+}
+
+fn python_reference() -> PathBuf {
+    built("python_reference")
+}
+
+async fn worker(component: &Path) -> Worker {
+    let engine = runtime::engine().unwrap();
+    let transform = Transform::load(&engine, component, Limits::default())
+        .await
+        .unwrap_or_else(|error| panic!("{}: {error:#}", component.display()));
+    Arc::new(transform).worker(keyring()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_reference_passes_the_reference_vectors_in_maskpipe_transform_test() {
+    let vectors = repo_root().join("transform-wasm/vectors.jsonl");
+    let expected = std::fs::read_to_string(&vectors)
+        .unwrap()
+        .lines()
+        .filter(|line| line.trim_start().starts_with('{'))
+        .count();
+    assert!(expected >= 30, "{expected} vectors");
+    let output = maskpipe()
+        .args(["transform", "test"])
+        .arg(python_reference())
+        .arg(&vectors)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("{expected} passed, 0 failed")),
+        "{stdout}"
+    );
+}
+
+// ------------------------------------------------- the same outcomes as Rust
+
+/// JSON texts for each login field, as written in a body (`None`: the key
+/// is left out): the edges of every rule the references apply.
+fn field_variants() -> Vec<(&'static str, Vec<Option<String>>)> {
+    let text = |values: &[&str]| -> Vec<Option<String>> {
+        values
+            .iter()
+            .map(|value| Some(serde_json::to_string(value).unwrap()))
+            .collect()
+    };
+    let raw = |values: &[&str]| -> Vec<Option<String>> {
+        values.iter().map(|value| Some(value.to_string())).collect()
+    };
+    let long = |unit: &str, count: usize| unit.repeat(count);
+    let not_strings = raw(&[
+        "null",
+        "7",
+        "2.3",
+        "true",
+        "[]",
+        "{\"a\": 1}",
+        "1e400",
+        "-1e999",
+    ]);
+    let mut ips = text(&[
+        "199.172.111.135",
+        "0.0.0.0",
+        "255.255.255.255",
+        "256.1.1.1",
+        "01.2.3.4",
+        "1.2.3",
+        "1.2.3.4.5",
+        " 1.2.3.4",
+        "1.2.3.4 ",
+        "::",
+        "::1",
+        "0::1",
+        "2001:DB8:0:0::1",
+        "2001:db8:0:0:1:0:0:1",
+        "2001:0:0:1:0:0:0:1",
+        "1:0:0:0:0:0:0:0",
+        "1::",
+        "::ffff:1.2.3.4",
+        "::ffff:102:304",
+        "::1.2.3.4",
+        "1:2:3:4:5:6:1.2.3.4",
+        "1:2:3:4:5:6:7:1.2.3.4",
+        "1::2:3:4:5:6:7",
+        "1:2:3:4:5:6:7::",
+        "::1:2:3:4:5:6:7",
+        "1:2:3:4:5:6:7:8",
+        "1:2:3:4:5:6:7:8:9",
+        "12345::",
+        "fe80::1%eth0",
+        "1.2.3.4::",
+        ":::",
+        "1::2::3",
+        "::ffff:01.2.3.4",
+        "ABCD:EF01::",
+        "0:0:0:0:0:ffff:1.2.3.4",
+        "0:0:0:0:0:FFFF:0:0",
+        "64:ff9b::1.2.3.4",
+        "1:2::3:4.5.6.7",
+        "1:2:3:4:5::6.7.8.9",
+        "a:b:c:d:e:f:1.2.3.4",
+        "١.٢.٣.٤",
+        "",
+        "0x1.2.3.4",
+        "1.2.3.04",
+        "00ab::1",
+        "0:0:1:0:0:1:0:0",
+        "1:0:0:2:0:0:0:3",
+        "::0:0",
+        "2001:db8::",
+        ":1::",
+        "1:::2",
+        "[::1]",
+    ]);
+    ips.extend(not_strings.clone());
+    ips.push(None);
+    let mut versions = text(&[
+        "2.3.0",
+        "2.3",
+        "2.30",
+        "0.96",
+        "9.6",
+        "7",
+        "0",
+        "99.99.99",
+        "",
+        ".",
+        "1.",
+        ".1",
+        "1..2",
+        "1.2.3.4",
+        "100",
+        "1.100",
+        "a.b",
+        "1.2a",
+        "-1",
+        "+1",
+        " 1.2",
+        "1.2 ",
+        "١.٢",
+        "2.3.0-beta",
+        "00.00.00",
+        "1.2.3.",
+        "09.9",
+    ]);
+    versions.extend(not_strings.clone());
+    versions.push(None);
+    let mut locales = text(&[
+        "RU",
+        "",
+        &long("x", 32),
+        &long("x", 33),
+        &long("é", 32),
+        &long("é", 33),
+    ]);
+    locales.extend(raw(&["null", "7", "[]", "false"]));
+    locales.push(None);
+    let mut device_types = text(&[
+        "android",
+        "ios",
+        "",
+        &long("x", 32),
+        &long("x", 33),
+        &long("é", 32),
+        &long("é", 33),
+        &long("😀", 32),
+        &long("😀", 33),
+    ]);
+    device_types.extend(not_strings.clone());
+    device_types.push(None);
+    let mut user_ids = text(&[
+        "424cdd21-063a-43a7-b91b-7ca1a833afae",
+        &long("x", 128),
+        &long("x", 129),
+        &long("ü", 128),
+        &long("ü", 129),
+        "tab\there",
+    ]);
+    // Escapes: a pair, a lone surrogate of each kind, an escaped ASCII letter.
+    user_ids.extend(raw(&[
+        r#""\ud83d\ude00""#,
+        r#""a\ud800""#,
+        r#""\udc00b""#,
+        r#""\u0041""#,
+    ]));
+    user_ids.extend(not_strings.clone());
+    user_ids.push(None);
+    let mut device_ids = text(&[
+        "593-47-5928",
+        &long("9", 128),
+        &long("9", 129),
+        &long("é", 64),
+        &long("é", 65),
+        &long("😀", 32),
+        &long("😀", 33),
+        "",
+    ]);
+    device_ids.extend(raw(&[r#""\ud800""#]));
+    device_ids.extend(not_strings);
+    device_ids.push(None);
+    vec![
+        ("user_id", user_ids),
+        ("app_version", versions),
+        ("device_type", device_types),
+        ("ip", ips),
+        ("locale", locales),
+        ("device_id", device_ids),
+    ]
+}
+
+/// The sample's values, as JSON texts.
+fn sample_fields() -> Vec<(&'static str, Option<String>)> {
+    [
+        ("user_id", r#""424cdd21-063a-43a7-b91b-7ca1a833afae""#),
+        ("app_version", r#""2.3.0""#),
+        ("device_type", r#""android""#),
+        ("ip", r#""199.172.111.135""#),
+        ("locale", r#""RU""#),
+        ("device_id", r#""593-47-5928""#),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key, Some(value.to_owned())))
+    .collect()
+}
+
+fn body(fields: &[(&str, Option<String>)]) -> String {
+    let members: Vec<String> = fields
+        .iter()
+        .filter_map(|(key, value)| value.as_ref().map(|value| format!("\"{key}\": {value}")))
+        .collect();
+    format!("{{{}}}", members.join(", "))
+}
+
+/// Every edge: each field's variants in the sample, whole bodies that are
+/// no login, SentTimestamps at every date boundary, then seeded random
+/// combinations of the variants (which finds rules applied in another
+/// order).
+fn edge_corpus() -> Vec<(String, u64)> {
+    const SENT: u64 = 1_670_839_200_000;
+    let variants = field_variants();
+    let mut corpus = Vec::new();
+    for (field, values) in &variants {
+        for value in values {
+            let mut fields = sample_fields();
+            for (key, slot) in &mut fields {
+                if key == field {
+                    *slot = value.clone();
+                }
+            }
+            corpus.push((body(&fields), SENT));
+        }
+    }
+    let sample = body(&sample_fields());
+    let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+    for whole in [
+        "",
+        "{",
+        "}",
+        "[1, 2]",
+        "\"text\"",
+        "\"\\ud800\"",
+        "1",
+        "1e400",
+        "null",
+        "true",
+        "{}",
+        "{\"foo\": \"oops_wrong_msg_type\", \"bar\": \"123\"}",
+        "NaN",
+        "{\"ip\": NaN}",
+        "{\"ip\": Infinity}",
+        "\u{feff}{}",
+        " {} ",
+        "{}{}",
+        "{\"a\" 1}",
+        "{'a': 1}",
+        "{\"ip\": \"1.2.3.4\",}",
+        "{\"\\u0069p\": 1}",
+        "{\"\\ud800\": 1}",
+        "{\"x\": \"\\ud800\"}",
+        "{\"x\": 1e400}",
+        "{\"ip\": [1e400]}",
+        "{\"x\": \"\u{7}\"}",
+    ] {
+        corpus.push((whole.to_owned(), SENT));
+    }
+    for extra in [
+        format!("\"extra\": {}", nested(20)),
+        format!("\"ip\": {}", nested(20)),
+        "\"extra\": {\"ip\": 1, \"user_id\": null}".to_owned(),
+        "\"ip\": \"1.2.3.4\", \"ip\": \"::1\"".to_owned(),
+        "\"ip\": 1e400, \"ip\": \"::1\"".to_owned(),
+        "\"ip\": \"::1\", \"ip\": null".to_owned(),
+        "\"\\u0069p\": \"::2\"".to_owned(),
+        "\"IP\": \"::3\"".to_owned(),
+    ] {
+        corpus.push((sample.replacen('{', &format!("{{{extra}, "), 1), SENT));
+    }
+    let last_day = chrono::NaiveDate::MAX
+        .and_hms_milli_opt(23, 59, 59, 999)
+        .unwrap()
+        .and_utc()
+        .timestamp_millis() as u64;
+    for sent in [
+        0,
+        1,
+        1_672_531_199_999,
+        1_672_531_200_000,
+        951_782_400_000,   // 2000-02-29
+        4_107_542_400_000, // 2100-03-01
+        253_402_300_799_999,
+        253_402_300_800_000, // year 10000
+        last_day,
+        last_day + 1,
+        i64::MAX as u64,
+        i64::MAX as u64 + 1,
+        u64::MAX,
+    ] {
+        corpus.push((sample.clone(), sent));
+    }
+    let mut rng = StdRng::seed_from_u64(17);
+    for _ in 0..3000 {
+        let fields: Vec<(&str, Option<String>)> = variants
+            .iter()
+            .map(|(field, values)| {
+                // Mostly valid values, so later rules get their turn.
+                let value = if rng.random_ratio(2, 3) {
+                    sample_fields()
+                        .into_iter()
+                        .find(|(key, _)| key == field)
+                        .unwrap()
+                        .1
+                } else {
+                    values[rng.random_range(0..values.len())].clone()
+                };
+                (*field, value)
+            })
+            .collect();
+        corpus.push((body(&fields), rng.random_range(0..4_000_000_000_000)));
+    }
+    corpus
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_reference_gives_the_rust_references_outcome_for_every_edge() {
+    let mut rust = worker(&component_path()).await;
+    let mut python = worker(&python_reference()).await;
+    let corpus = edge_corpus();
+    let mut codes = BTreeMap::<String, usize>::new();
+    let mut rows = 0;
+    for (chunk_index, chunk) in corpus.chunks(100).enumerate() {
+        let messages: Vec<Received> = chunk
+            .iter()
+            .enumerate()
+            .map(|(index, (body, sent))| {
+                Received::local(format!("m{chunk_index}-{index}"), body.as_str(), *sent)
+            })
+            .collect();
+        let from_rust = rust.run(&messages).await.unwrap();
+        let from_python = python.run(&messages).await.unwrap();
+        assert_eq!(from_rust.len(), from_python.len());
+        for ((body, sent), (expected, got)) in chunk.iter().zip(from_rust.iter().zip(&from_python))
+        {
+            match (expected, got) {
+                (Outcome::Rows(expected), Outcome::Rows(got)) => {
+                    assert_eq!(expected, got, "body {body:?} sent {sent}");
+                    rows += 1;
+                }
+                (Outcome::Rejected(expected), Outcome::Rejected(got)) => {
+                    assert_eq!(expected.code, got.code, "body {body:?} sent {sent}");
+                    *codes.entry(expected.code.clone()).or_default() += 1;
+                }
+                _ => panic!("body {body:?} sent {sent}: Rust {expected:?}, Python {got:?}"),
+            }
+        }
+    }
+    // The corpus reached every rule: rows, and each of the references' codes.
+    println!(
+        "{} messages: {rows} rows, rejections {codes:?}",
+        corpus.len()
+    );
+    assert!(rows > corpus.len() / 4, "{rows} rows");
+    for code in [
+        "invalid_json",
+        "not_an_object",
+        "wrong_schema",
+        "missing_field",
+        "null_field",
+        "wrong_type",
+        "invalid_ip",
+        "invalid_app_version",
+        "value_too_long",
+        "invalid_timestamp",
+    ] {
+        assert!(
+            codes.get(code).copied().unwrap_or(0) > 0,
+            "no {code}: {codes:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------- the sandbox
+
+/// Each attempt the escape fixture makes, and the row it wrote about it.
+async fn attempt(worker: &mut Worker, attempts: &[String]) -> Vec<(String, String)> {
+    let messages: Vec<Received> = attempts
+        .iter()
+        .enumerate()
+        .map(|(index, body)| Received::local(format!("a{index}"), body.as_str(), 0))
+        .collect();
+    let outcomes = worker.run(&messages).await.unwrap();
+    attempts
+        .iter()
+        .zip(outcomes)
+        .map(|(attempt, outcome)| {
+            let Outcome::Rows(rows) = outcome else {
+                panic!("{attempt}: {outcome:?}")
+            };
+            let [Some(Value::Text(what)), Some(Value::Text(result))] = &rows[0].values[..] else {
+                panic!("{attempt}: {rows:?}")
+            };
+            (what.clone(), result.clone())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_transform_reaches_no_file_and_no_network_and_keeps_working() {
+    // Things a component would reach if the sandbox let it: files that
+    // exist, a listening TCP socket and a bound UDP socket on loopback,
+    // and PostgreSQL itself.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_nonblocking(true).unwrap();
+    let secret = repo_root().join("demo.env");
+    assert!(secret.exists());
+    let database_port = std::env::var("MASKPIPE_PG_PORT").unwrap_or_else(|_| "25432".into());
+    let attempts: Vec<String> = [
+        "open /etc/passwd".to_owned(),
+        format!("open {}", secret.display()),
+        "open demo.env".to_owned(),
+        "listdir /".to_owned(),
+        "listdir .".to_owned(),
+        "resolve localhost".to_owned(),
+        "resolve example.com".to_owned(),
+        format!(
+            "connect 127.0.0.1:{}",
+            listener.local_addr().unwrap().port()
+        ),
+        format!("connect 127.0.0.1:{database_port}"),
+        format!("udp 127.0.0.1:{}", udp.local_addr().unwrap().port()),
+        "listen 0".to_owned(),
+        "env".to_owned(),
+        // Not in the component's snapshot: importing it needs files.
+        "import sqlite3".to_owned(),
+    ]
+    .into();
+
+    let mut worker = worker(&built("fixture_python_escape")).await;
+    let results = attempt(&mut worker, &attempts).await;
+    for (attempt, (what, result)) in attempts.iter().zip(&results) {
+        assert!(attempt.starts_with(what.as_str()), "{attempt}: {what}");
+        assert!(result.starts_with("refused: "), "{attempt}: {result}");
+    }
+    println!("{results:?}");
+    // Nothing arrived on the host's side either.
+    assert_eq!(
+        listener.accept().err().map(|error| error.kind()),
+        Some(std::io::ErrorKind::WouldBlock)
+    );
+    let mut buffer = [0; 16];
+    assert_eq!(
+        udp.recv(&mut buffer).err().map(|error| error.kind()),
+        Some(std::io::ErrorKind::WouldBlock)
+    );
+    // The instance that was refused all that keeps working.
+    let again = attempt(&mut worker, &["open /etc/passwd".to_owned()]).await;
+    assert!(again[0].1.starts_with("refused: "), "{again:?}");
+
+    // And so does the Python reference: the granted imports cost it nothing.
+    let mut reference = worker_for_reference().await;
+    let messages: Vec<Received> = sample_bodies()
+        .iter()
+        .enumerate()
+        .map(|(index, body)| Received::local(format!("s{index}"), body.as_str(), 0))
+        .collect();
+    let outcomes = reference.run(&messages).await.unwrap();
+    let rows = outcomes
+        .iter()
+        .filter(|outcome| matches!(outcome, Outcome::Rows(rows) if rows.len() == 1))
+        .count();
+    assert_eq!((outcomes.len(), rows), (100, 99));
+}
+
+async fn worker_for_reference() -> Worker {
+    worker(&python_reference()).await
+}
+
+// ------------------------------------------------------------ hot swap
+
+fn sha256(path: &Path) -> String {
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// The documented deployment: vectors, then the component, each written
+/// beside and renamed over.
+fn deploy(component: &Path, live: &Path) {
+    let vectors = repo_root().join("transform-wasm/vectors.jsonl");
+    let staged = live.with_extension("vectors.jsonl.tmp");
+    std::fs::copy(vectors, &staged).unwrap();
+    std::fs::rename(&staged, maskpipe::swap::vectors_path(live)).unwrap();
+    let staged = live.with_extension("wasm.tmp");
+    std::fs::copy(component, &staged).unwrap();
+    std::fs::rename(&staged, live).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn swapping_rust_python_rust_under_load_loses_nothing_and_compiles_off_the_hot_path() {
+    let database = fresh_database().await;
+    let queue = fresh_queue().await;
+    let deploy_dir = temp_dir("maskpipe-python-swap");
+    let live = deploy_dir.join("transform.wasm");
+    let rust = component_path();
+    let python = python_reference();
+    let (rust_digest, python_digest) = (sha256(&rust), sha256(&python));
+    deploy(&rust, &live);
+
+    // A cache of its own, empty: the swap to Python compiles cold, and the
+    // swap back to Rust is served from the cache.
+    let mut command = maskpipe();
+    command
+        .args([
+            "run",
+            "--pollers",
+            "2",
+            "--wait-seconds",
+            "1",
+            "--progress-seconds",
+            "0",
+        ])
+        .args(["--queue", queue.queue_url(), "--database-url", &database])
+        .arg("--transform")
+        .arg(&live)
+        .env("MASKPIPE_CACHE_DIR", deploy_dir.join("cache"))
+        .env("MASKPIPE_WATCH_POLL_SECONDS", "0");
+    let host = LoggedHost::spawn(command);
+
+    // Continuous load: ten unique logins every 20 ms.
+    let sent = Arc::new(AtomicUsize::new(0));
+    let producing = Arc::new(AtomicBool::new(true));
+    let producer = {
+        let (queue, sent, producing) = (queue.clone(), Arc::clone(&sent), Arc::clone(&producing));
+        tokio::spawn(async move {
+            while producing.load(Ordering::Relaxed) {
+                let start = sent.load(Ordering::Relaxed);
+                let bodies: Vec<String> = (start..start + 10)
+                    .map(|n| {
+                        sample_bodies()[0].replace(
+                            "424cdd21-063a-43a7-b91b-7ca1a833afae",
+                            &format!("py-{n:06}"),
+                        )
+                    })
+                    .collect();
+                queue.send(&bodies).await.unwrap();
+                sent.fetch_add(10, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let db = query_client(&database).await;
+    let ran_on = async |digest: &str| -> i64 {
+        db.query_one(
+            "SELECT count(*) FROM maskpipe_processed WHERE component_digest = $1 OR $1 = ''",
+            &[&digest],
+        )
+        .await
+        .map(|row| row.get::<_, i64>(0))
+        .unwrap_or(0)
+    };
+
+    wait_for("rows from Rust", Duration::from_secs(60), async || {
+        ran_on(&rust_digest).await >= 100
+    })
+    .await;
+    let before_python = ran_on(&rust_digest).await;
+    deploy(&python, &live);
+    wait_for("rows from Python", Duration::from_secs(120), async || {
+        ran_on(&python_digest).await >= 100
+    })
+    .await;
+    // Compiling Python (seconds, cold) ran beside the pollers: Rust kept
+    // committing between the deploy and the swap.
+    let during_compile = ran_on(&rust_digest).await - before_python;
+    assert!(
+        during_compile >= 50,
+        "only {during_compile} messages committed while the Python component compiled"
+    );
+    deploy(&rust, &live);
+    let back = async || {
+        let rows: Vec<String> = db
+            .query(
+                "SELECT component_digest FROM maskpipe_processed ORDER BY processed_at, message_id",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let last_python = rows.iter().rposition(|digest| *digest == python_digest);
+        last_python.map_or(0, |last| rows.len() - 1 - last)
+    };
+    wait_for(
+        "rows from Rust again",
+        Duration::from_secs(60),
+        async || back().await >= 100,
+    )
+    .await;
+
+    producing.store(false, Ordering::Relaxed);
+    producer.await.unwrap();
+    let total = sent.load(Ordering::Relaxed) as i64;
+    wait_for("the queue to drain", Duration::from_secs(120), async || {
+        ran_on("").await >= total
+    })
+    .await;
+    let swaps = host.lines_with("swapped transform");
+    host.stop().await;
+
+    // Nothing lost, nothing twice, and the same rows whichever language
+    // made them (the Python component is a drop-in replacement).
+    assert_eq!(count(&db, "SELECT count(*) FROM user_logins").await, total);
+    assert_eq!(
+        count(&db, "SELECT count(DISTINCT user_id) FROM user_logins").await,
+        total
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM maskpipe_processed").await,
+        total
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM user_logins WHERE masked_ip LIKE 'mp2.%' \
+             AND masked_device_id LIKE 'mp2.%' AND app_version = 20300 AND locale = 'RU'"
+        )
+        .await,
+        total
+    );
+    assert_eq!(
+        count(&db, "SELECT count(DISTINCT masked_ip) FROM user_logins").await,
+        1,
+        "Rust and Python must mask the same ip identically"
+    );
+    // Three phases in the ledger: Rust, then Python, then Rust.
+    let phases: Vec<String> = db
+        .query(
+            "SELECT component_digest FROM maskpipe_processed ORDER BY processed_at, message_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get::<_, String>(0))
+        .fold(Vec::new(), |mut phases, digest| {
+            if phases.last() != Some(&digest) {
+                phases.push(digest);
+            }
+            phases
+        });
+    assert!(
+        phases.len() >= 3
+            && phases.first() == Some(&rust_digest)
+            && phases.last() == Some(&rust_digest),
+        "{} phases",
+        phases.len()
+    );
+    assert!(phases.contains(&python_digest));
+    assert_eq!(swaps.len(), 2, "{swaps:?}");
+    println!("{swaps:?}");
+    std::fs::remove_dir_all(&deploy_dir).ok();
+}

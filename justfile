@@ -59,9 +59,9 @@ build-fixtures: toolchain
     cargo build --release --target {{wasm_target}} "${packages[@]}"
     scripts/build-python.sh fixtures
 
-# Scaffold a new transform crate under transform-wasm/NAME that builds and passes its own vectors.
-new-transform name:
-    @scripts/new-transform.sh "{{name}}"
+# Scaffold a new transform under transform-wasm/NAME that builds and passes its own vectors: a Rust crate, or with --lang python an app.py.
+new-transform name *args:
+    @scripts/new-transform.sh "$@"
 
 # Run a component's golden vectors in wasm isolation (default: NAME.vectors.jsonl beside it).
 test-transform component *vectors:

@@ -35,7 +35,7 @@ ensure_componentize_py() {
 build() {
     local dir="$1" output="$2"
     if [ -f "$output" ] && [ "$output" -nt "$venv/bin/componentize-py" ] \
-        && [ -z "$(find "$dir" transform-wasm/kit/python wit -newer "$output" -name '*.py' -o -newer "$output" -name '*.wit' | head -1)" ]; then
+        && [ -z "$(find -L "$dir" transform-wasm/kit/python wit -newer "$output" -name '*.py' -o -newer "$output" -name '*.wit' | head -1)" ]; then
         return
     fi
     ensure_componentize_py

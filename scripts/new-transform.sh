@@ -1,19 +1,175 @@
 #!/usr/bin/env bash
-# Scaffolds transform-wasm/NAME: a transform crate that builds and passes its
-# own golden vectors out of the box. It is a transform for a feed other than
-# Fetch's logins, built on the guest toolkit (transform-wasm/kit,
-# maskpipe-guest) alone: JSON events become rows of its own table,
+# Scaffolds transform-wasm/NAME: a transform that builds and passes its own
+# golden vectors out of the box, in Rust (a crate on the guest toolkit,
+# transform-wasm/kit, maskpipe-guest) or with --lang python (an app.py on the
+# Python toolkit, transform-wasm/kit/python, built by componentize-py). It is
+# a transform for a feed other than Fetch's logins: JSON events become rows
+# of its own table,
 #   events(event_id uuid NOT NULL, user_id varchar(128),
 #          masked_email varchar(256), PII field `email`, masked),
 # so it shows every step: declare a table, validate a body, write a row with
-# a protected PII value, reject with declared codes. Edit src/lib.rs and
+# a protected PII value, reject with declared codes. Edit the code and
 # vectors.jsonl to make it yours.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-name="${1:-}"
-[[ "$name" =~ ^[a-z][a-z0-9-]{0,30}$ ]] || { echo "usage: just new-transform NAME (lower case, digits, '-')" >&2; exit 2; }
+usage() { echo "usage: just new-transform NAME [--lang rust|python] (NAME: lower case, digits, '-')" >&2; exit 2; }
+name="" lang="rust"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --lang) [ $# -ge 2 ] || usage; lang="$2"; shift 2 ;;
+        --lang=*) lang="${1#--lang=}"; shift ;;
+        -*) usage ;;
+        *) [ -z "$name" ] || usage; name="$1"; shift ;;
+    esac
+done
+[[ "$name" =~ ^[a-z][a-z0-9-]{0,30}$ ]] || usage
+[[ "$lang" =~ ^(rust|python)$ ]] || usage
 dir="$root/transform-wasm/$name"
 [ -e "$dir" ] && { echo "transform-wasm/$name already exists" >&2; exit 1; }
+
+# Golden vectors, the same for both languages: rows in the "rows" form
+# (table -> its rows), rejections by code.
+write_vectors() {
+    cat >"$dir/vectors.jsonl" <<'JSONL'
+{"name": "an event becomes a row, its email masked", "body": "{\"event_id\": \"0d4f0a4e-8a3c-4b5e-9f00-1234567890ab\", \"user_id\": \"u-1\", \"email\": \"ada@example.com\"}", "expect": {"rows": {"events": [{"event_id": "0d4f0a4e-8a3c-4b5e-9f00-1234567890ab", "user_id": "u-1", "masked_email": {"mask": ["email", "ada@example.com"]}}]}}}
+{"name": "a missing user_id is NULL", "body": "{\"event_id\": \"0d4f0a4e-8a3c-4b5e-9f00-1234567890ab\", \"email\": \"ada@example.com\"}", "expect": {"rows": {"events": [{"event_id": "0d4f0a4e-8a3c-4b5e-9f00-1234567890ab", "masked_email": {"mask": ["email", "ada@example.com"]}}]}}}
+{"name": "extra fields are ignored", "body": "{\"event_id\": \"0d4f0a4e-8a3c-4b5e-9f00-1234567890ab\", \"user_id\": \"u-1\", \"email\": \"ada@example.com\", \"page\": \"/home\"}", "expect": {"rows": {"events": [{"event_id": "0d4f0a4e-8a3c-4b5e-9f00-1234567890ab", "user_id": "u-1", "masked_email": {"mask": ["email", "ada@example.com"]}}]}}}
+{"name": "invalid JSON", "body": "{\"event_id\": ", "expect": {"rejected": "invalid_json"}}
+{"name": "empty body", "body": "", "expect": {"rejected": "invalid_json"}}
+{"name": "missing email", "body": "{\"event_id\": \"0d4f0a4e-8a3c-4b5e-9f00-1234567890ab\", \"user_id\": \"u-1\"}", "expect": {"rejected": "missing_field"}}
+{"name": "null event_id", "body": "{\"event_id\": null, \"user_id\": \"u-1\", \"email\": \"ada@example.com\"}", "expect": {"rejected": "missing_field"}}
+{"name": "event_id that is not a UUID", "body": "{\"event_id\": \"42\", \"user_id\": \"u-1\", \"email\": \"ada@example.com\"}", "expect": {"rejected": "invalid_uuid"}}
+{"name": "numeric user_id", "body": "{\"event_id\": \"0d4f0a4e-8a3c-4b5e-9f00-1234567890ab\", \"user_id\": 7, \"email\": \"ada@example.com\"}", "expect": {"rejected": "wrong_type"}}
+{"name": "a JSON array is not an event", "body": "[1, 2]", "expect": {"rejected": "not_an_object"}}
+{"name": "email too long to mask into varchar(256)", "body": "{\"event_id\": \"0d4f0a4e-8a3c-4b5e-9f00-1234567890ab\", \"user_id\": \"u-1\", \"email\": \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa@example.com\"}", "expect": {"rejected": "value_too_long"}}
+JSONL
+}
+
+scaffold_python() {
+    local file="${name//-/_}"
+    mkdir -p "$dir"
+    cat >"$dir/app.py" <<PY
+"""The $name transform, in Python: JSON events such as
+
+    {"event_id": "0d4f0a4e-8a3c-4b5e-9f00-1234567890ab", "user_id": "u-1", "email": "ada@example.com"}
+
+become rows of \`events\`; the email is PII, so the row says how the host is
+to protect it (\`masked(..)\`: keyed and reversible; the host holds the key,
+the component never sees it). Other fields are ignored.
+
+To make it yours: declare your tables in TABLES (a row's table is its index
+there), validate and write rows in \`transform\` (one \`rows.add(..)\` per
+row, one value per declared column, in order), and reject with one of
+REASON_CODES. Everything else (unpacking the batch, packing the rows, taking
+back a failed message's rows) is the toolkit's: see maskpipe_guest
+(transform-wasm/kit/python). The component reaches no file and no network:
+parse what the message holds, nothing else.
+"""
+
+import json
+
+from maskpipe_guest import MASKED, Reject, Transformer, masked, table, text, uuid
+
+# The table rows go to: the only one, index 0.
+EVENTS = 0
+USER_ID_MAX_CHARS = 128
+# Masking grows a value (at most 229 characters for 128 bytes): what still
+# fits varchar(256).
+EMAIL_MAX_BYTES = 128
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+class WitWorld(Transformer):
+    TABLES = [
+        table(
+            "events",
+            uuid("event_id", nullable=False),
+            text("user_id", USER_ID_MAX_CHARS),
+            text("masked_email", 256, pii="email", allows=MASKED),
+        )
+    ]
+    REASON_CODES = [
+        "invalid_json",
+        "not_an_object",
+        "wrong_type",
+        "missing_field",
+        "invalid_uuid",
+        "value_too_long",
+    ]
+
+    def transform(self, body, sent_timestamp_ms, rows):
+        event = parse(body)
+        event_id = required(event, "event_id")
+        email = required(event, "email")
+        user_id = optional(event, "user_id")
+        if not is_uuid(event_id):
+            raise Reject(
+                "invalid_uuid",
+                "field \`event_id\` is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)",
+            )
+        if user_id is not None and len(user_id) > USER_ID_MAX_CHARS:
+            raise too_long("user_id", "characters", USER_ID_MAX_CHARS)
+        if len(email.encode()) > EMAIL_MAX_BYTES:
+            raise too_long("email", "bytes", EMAIL_MAX_BYTES)
+        # One row of \`events\`: its three columns, in declared order.
+        rows.add(EVENTS, event_id, user_id, masked(email))
+
+
+def parse(body):
+    try:
+        event = json.loads(body)
+    except json.JSONDecodeError as error:
+        # Its position, never the input text.
+        raise Reject(
+            "invalid_json",
+            f"body is not valid JSON (line {error.lineno} column {error.colno})",
+        ) from None
+    except (ValueError, RecursionError):
+        raise Reject("invalid_json", "body is not JSON this transform can read") from None
+    if not isinstance(event, dict):
+        raise Reject("not_an_object", "body is JSON, but not an object")
+    return event
+
+
+def required(event, field):
+    value = optional(event, field)
+    if value is None:
+        raise Reject("missing_field", f"required field \`{field}\` is missing or null")
+    return value
+
+
+def optional(event, field):
+    value = event.get(field)
+    if value is not None and not isinstance(value, str):
+        raise Reject("wrong_type", f"field \`{field}\` is not a string")
+    return value
+
+
+def is_uuid(value):
+    """xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, hexadecimal: what a uuid column takes."""
+    return len(value) == 36 and all(
+        char == "-" if at in (8, 13, 18, 23) else char in _HEX for at, char in enumerate(value)
+    )
+
+
+def too_long(field, unit, limit):
+    return Reject("value_too_long", f"field \`{field}\` is longer than {limit} {unit}")
+PY
+    write_vectors
+    echo "created transform-wasm/$name (Python):"
+    echo "  transform-wasm/$name/app.py (the table and the transform)"
+    echo "  transform-wasm/$name/vectors.jsonl (its golden vectors: rows of \`events\` and rejections)"
+    echo "Next:"
+    echo "  just build-transform      # builds target/wasm32-wasip2/release/$file.wasm with componentize-py"
+    echo "  just test-transform target/wasm32-wasip2/release/$file.wasm   # runs its vectors in wasmtime"
+}
+
+if [ "$lang" = python ]; then
+    scaffold_python
+    exit 0
+fi
+
+# ------------------------------------------------------------------- Rust
 crate="transform-$name"
 file="${crate//-/_}"
 type="$(sed -E 's/(^|-)([a-z])/\U\2/g' <<<"$name")Transform"
@@ -216,20 +372,7 @@ fn the_built_component_passes_its_vectors() {
 }
 RUST
 
-# Golden vectors: rows in the "rows" form (table -> its rows), rejections by code.
-cat >"$dir/vectors.jsonl" <<'JSONL'
-{"name": "an event becomes a row, its email masked", "body": "{\"event_id\": \"0d4f0a4e-8a3c-4b5e-9f00-1234567890ab\", \"user_id\": \"u-1\", \"email\": \"ada@example.com\"}", "expect": {"rows": {"events": [{"event_id": "0d4f0a4e-8a3c-4b5e-9f00-1234567890ab", "user_id": "u-1", "masked_email": {"mask": ["email", "ada@example.com"]}}]}}}
-{"name": "a missing user_id is NULL", "body": "{\"event_id\": \"0d4f0a4e-8a3c-4b5e-9f00-1234567890ab\", \"email\": \"ada@example.com\"}", "expect": {"rows": {"events": [{"event_id": "0d4f0a4e-8a3c-4b5e-9f00-1234567890ab", "masked_email": {"mask": ["email", "ada@example.com"]}}]}}}
-{"name": "extra fields are ignored", "body": "{\"event_id\": \"0d4f0a4e-8a3c-4b5e-9f00-1234567890ab\", \"user_id\": \"u-1\", \"email\": \"ada@example.com\", \"page\": \"/home\"}", "expect": {"rows": {"events": [{"event_id": "0d4f0a4e-8a3c-4b5e-9f00-1234567890ab", "user_id": "u-1", "masked_email": {"mask": ["email", "ada@example.com"]}}]}}}
-{"name": "invalid JSON", "body": "{\"event_id\": ", "expect": {"rejected": "invalid_json"}}
-{"name": "empty body", "body": "", "expect": {"rejected": "invalid_json"}}
-{"name": "missing email", "body": "{\"event_id\": \"0d4f0a4e-8a3c-4b5e-9f00-1234567890ab\", \"user_id\": \"u-1\"}", "expect": {"rejected": "missing_field"}}
-{"name": "null event_id", "body": "{\"event_id\": null, \"user_id\": \"u-1\", \"email\": \"ada@example.com\"}", "expect": {"rejected": "missing_field"}}
-{"name": "event_id that is not a UUID", "body": "{\"event_id\": \"42\", \"user_id\": \"u-1\", \"email\": \"ada@example.com\"}", "expect": {"rejected": "invalid_uuid"}}
-{"name": "numeric user_id", "body": "{\"event_id\": \"0d4f0a4e-8a3c-4b5e-9f00-1234567890ab\", \"user_id\": 7, \"email\": \"ada@example.com\"}", "expect": {"rejected": "wrong_type"}}
-{"name": "a JSON array is not an event", "body": "[1, 2]", "expect": {"rejected": "not_an_object"}}
-{"name": "email too long to mask into varchar(256)", "body": "{\"event_id\": \"0d4f0a4e-8a3c-4b5e-9f00-1234567890ab\", \"user_id\": \"u-1\", \"email\": \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa@example.com\"}", "expect": {"rejected": "value_too_long"}}
-JSONL
+write_vectors
 # The workspace's Cargo.toml lists its members and holds every release
 # profile: the new crate joins both, with the shipped transforms' size and
 # speed settings (without them it keeps the host's debug line tables: ~3 MB).

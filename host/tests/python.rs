@@ -3,7 +3,9 @@
 //! vectors through `maskpipe transform test` and gives the Rust reference's
 //! outcome for every message of an edge-case corpus; a Python component
 //! that tries the filesystem or the network reaches neither and keeps
-//! working; and hot swaps Rust → Python → Rust under load lose and
+//! working; the default memory cap holds a Python instance and the costliest
+//! batch SQS can deliver; `just new-transform NAME --lang python` writes a
+//! transform that passes its own vectors; and hot swaps Rust → Python → Rust under load lose and
 //! duplicate nothing, a cold compile never stopping the pollers.
 
 mod common;
@@ -69,6 +71,26 @@ async fn the_python_reference_passes_the_reference_vectors_in_maskpipe_transform
     assert!(
         stdout.contains(&format!("{expected} passed, 0 failed")),
         "{stdout}"
+    );
+}
+
+/// Every Python transform under transform-wasm/ (the reference, and any
+/// `just new-transform NAME --lang python` made) passes its own vectors.
+#[test]
+fn every_python_transform_passes_its_own_vectors() {
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(repo_root().join("transform-wasm")).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.join("app.py").exists() {
+            continue;
+        }
+        let name = dir.file_name().unwrap().to_string_lossy().replace('-', "_");
+        maskpipe::vectors::assert_all_pass(&built(&name), &dir.join("vectors.jsonl"));
+        checked.push(name);
+    }
+    assert!(
+        checked.contains(&"python_reference".to_owned()),
+        "{checked:?}"
     );
 }
 
@@ -533,6 +555,159 @@ async fn a_python_transform_reaches_no_file_and_no_network_and_keeps_working() {
 
 async fn worker_for_reference() -> Worker {
     worker(&python_reference()).await
+}
+
+// --------------------------------------------------------- the scaffold
+
+/// `just new-transform NAME --lang python`, in a scratch checkout (the
+/// scripts, wit/ and the Python kit; the componentize-py install shared):
+/// what it writes builds, and passes its own vectors as it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_scaffold_builds_and_passes_its_own_vectors() {
+    use std::os::unix::fs::symlink;
+    let checkout = temp_dir("maskpipe-scaffold");
+    std::fs::create_dir_all(checkout.join("scripts")).unwrap();
+    std::fs::create_dir_all(checkout.join("transform-wasm/kit")).unwrap();
+    for script in ["new-transform.sh", "build-python.sh"] {
+        std::fs::copy(
+            repo_root().join("scripts").join(script),
+            checkout.join("scripts").join(script),
+        )
+        .unwrap();
+    }
+    symlink(repo_root().join("wit"), checkout.join("wit")).unwrap();
+    symlink(
+        repo_root().join("transform-wasm/kit/python"),
+        checkout.join("transform-wasm/kit/python"),
+    )
+    .unwrap();
+    symlink(repo_root().join(".data"), checkout.join(".data")).unwrap();
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new("bash")
+            .args(args)
+            .current_dir(&checkout)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let said = run(&[
+        "scripts/new-transform.sh",
+        "click-events",
+        "--lang",
+        "python",
+    ]);
+    assert!(
+        said.contains("transform-wasm/click-events/app.py"),
+        "{said}"
+    );
+    run(&["scripts/build-python.sh", "transforms"]);
+    let component = checkout.join("target/wasm32-wasip2/release/click_events.wasm");
+    let vectors = checkout.join("target/wasm32-wasip2/release/click_events.vectors.jsonl");
+    let (count, failures) = maskpipe::vectors::check_file(&component, &vectors)
+        .await
+        .unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(count >= 10, "{count} vectors");
+    // A second scaffold of the same name is refused, the first kept.
+    let again = std::process::Command::new("bash")
+        .args([
+            "scripts/new-transform.sh",
+            "click-events",
+            "--lang",
+            "python",
+        ])
+        .current_dir(&checkout)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    std::fs::remove_dir_all(&checkout).ok();
+}
+
+// ------------------------------------------------------------ memory
+
+/// SQS's largest body: 256 KiB.
+const SQS_MAX_BODY: usize = 256 * 1024;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_default_memory_cap_holds_a_python_instance_and_its_costliest_batch() {
+    // The JSON shapes that cost CPython most per byte, each a full SQS body
+    // (a batch of ten holds SQS's largest): many short strings, many
+    // numbers, many small objects, nesting, one long string, and logins
+    // whose extra field is all of that.
+    let fill = |unit: &str, size: usize| {
+        let count = (size - 2) / (unit.len() + 1);
+        format!("[{}]", vec![unit; count].join(","))
+    };
+    let login_with = |unit: &str| {
+        let sample = &sample_bodies()[0];
+        let extra = fill(unit, SQS_MAX_BODY - sample.len() - 16);
+        sample.replacen('{', &format!("{{\"extra\": {extra}, "), 1)
+    };
+    let strings = fill("\"ab\"", SQS_MAX_BODY);
+    let numbers = fill("1", SQS_MAX_BODY);
+    let objects = fill("{\"a\":1}", SQS_MAX_BODY);
+    let depth = 400;
+    let nested = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let long = format!("\"{}\"", "x".repeat(SQS_MAX_BODY - 2));
+    let bodies = vec![
+        strings.clone(),
+        numbers.clone(),
+        objects.clone(),
+        nested,
+        long,
+        login_with("\"ab\""),
+        login_with("7"),
+        login_with("{\"a\":1}"),
+        strings,
+        numbers,
+    ];
+    assert!(bodies.iter().all(|body| body.len() <= SQS_MAX_BODY));
+    let mut python = worker(&python_reference()).await;
+    let at_rest = python.memory_bytes();
+    let messages: Vec<Received> = bodies
+        .iter()
+        .enumerate()
+        .map(|(index, body)| Received::local(format!("big{index}"), body.as_str(), 0))
+        .collect();
+    let outcomes = python.run(&messages).await.unwrap();
+    let peak = python.memory_bytes();
+    println!(
+        "Python instance: {} KiB at rest, {} KiB after the batch",
+        at_rest >> 10,
+        peak >> 10
+    );
+    // Each message is judged by the transform itself: none hit the cap
+    // (which would be `transform_trap`) or cost the batch.
+    let codes: Vec<&str> = outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            Outcome::Rejected(rejection) => rejection.code.as_str(),
+            Outcome::Rows(_) => "row",
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "not_an_object",
+            "not_an_object",
+            "not_an_object",
+            "not_an_object",
+            "not_an_object",
+            "row",
+            "row",
+            "row",
+            "not_an_object",
+            "not_an_object"
+        ]
+    );
+    // With room to spare: half the cap.
+    assert!(peak < Limits::default().memory_bytes / 2, "{peak} bytes");
 }
 
 // ------------------------------------------------------------ hot swap

@@ -291,6 +291,12 @@ impl Worker {
         self.transform.digest()
     }
 
+    /// The linear memory this worker's instance holds, in bytes (its peak:
+    /// wasm memory only grows; a recycled instance starts over).
+    pub fn memory_bytes(&self) -> usize {
+        self.store.data().limiter.memory_used()
+    }
+
     /// The component this worker runs.
     pub fn transform(&self) -> &Arc<Transform> {
         &self.transform

@@ -97,6 +97,12 @@ pub struct SandboxLimiter {
 }
 
 impl SandboxLimiter {
+    /// All of the store's linear memories together, in bytes: its peak,
+    /// since wasm memory only grows.
+    pub fn memory_used(&self) -> usize {
+        self.memory_used
+    }
+
     pub fn new(memory_cap: usize) -> Self {
         Self {
             memory_cap,

@@ -294,7 +294,9 @@ class Rows:
                 kinds.append(encoding)
                 words.append(_scalar_word(encoding, value))
                 continue
-            # A span of the text: byte offsets, as the host reads them.
+            # A span of the text: byte offsets, as the host reads them
+            # (encoding raises for a string the boundary cannot carry, which
+            # then costs this message alone).
             start = self._text_bytes
             self._text.append(value)
             end = start + (len(value) if value.isascii() else len(value.encode()))
@@ -391,4 +393,10 @@ class Transformer:
 
 
 def _rejected(code, detail):
+    # A string the boundary cannot carry (an unpaired surrogate) would fail
+    # the whole batch: replace what cannot be encoded instead.
+    code, detail = str(code), str(detail)
+    if not (code.isascii() and detail.isascii()):
+        code = code.encode(errors="replace").decode()
+        detail = detail.encode(errors="replace").decode()
     return wit.Outcome_Rejected(wit.Rejection(code, detail))

@@ -7,6 +7,9 @@
 //!
 //! 1. Transform: the shipped component in wasmtime vs the same login-core
 //!    code compiled natively, both masking with the real keyring, one core.
+//!    1b (`python`): the Python reference beside the Rust one: size, cold
+//!    and cached load, a hot swap's validation with a cold and a warm
+//!    cache, µs/msg and instance memory.
 //! 2. Sink: rows/s into PostgreSQL, batches of 10, as the pipeline writes them;
 //!    2b (`--only sink-full-ledger`, not in the default suite: filling takes
 //!    minutes): the same against a ledger pre-filled with 10 million rows.
@@ -22,6 +25,7 @@
 //! of its own (see `pinning`; `--no-pin` turns that off).
 
 mod pinning;
+mod python;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -79,6 +83,8 @@ struct Args {
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
     Transform,
+    /// The Python reference beside the Rust one.
+    Python,
     Sink,
     /// The sink against a pre-filled ledger (only with `--only`).
     SinkFullLedger,
@@ -236,6 +242,9 @@ async fn run(args: Args) -> Result<()> {
     let wanted = |stage: Stage| args.only.is_none_or(|only| only == stage);
     if wanted(Stage::Transform) {
         bench_transform(&args, &component, &keyring, &mut report).await?;
+    }
+    if wanted(Stage::Python) {
+        python::bench(args.runs, args.seed, &component, &keyring, &mut report).await?;
     }
     if wanted(Stage::Sink) {
         bench_sink(&args, &admin_url, &keyring, &mut report).await?;

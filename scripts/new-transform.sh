@@ -68,7 +68,17 @@ parse what the message holds, nothing else.
 
 import json
 
-from maskpipe_guest import MASKED, Reject, Transformer, masked, table, text, uuid
+from maskpipe_guest import (
+    JSON_NESTING_LIMIT,
+    MASKED,
+    Reject,
+    Transformer,
+    masked,
+    nests_deeper_than,
+    table,
+    text,
+    uuid,
+)
 
 # The table rows go to: the only one, index 0.
 EVENTS = 0
@@ -116,6 +126,9 @@ class WitWorld(Transformer):
 
 
 def parse(body):
+    # CPython's parser would run out of the component's stack on deeper input.
+    if nests_deeper_than(body):
+        raise Reject("invalid_json", f"body nests deeper than {JSON_NESTING_LIMIT} levels")
     try:
         event = json.loads(body)
     except json.JSONDecodeError as error:

@@ -459,6 +459,64 @@ async fn the_python_reference_gives_the_rust_references_outcome_for_every_edge()
     }
 }
 
+/// CPython's JSON parser recurses in C once per level: deep nesting would
+/// exhaust the component's stack (a trap). The reference checks first.
+#[tokio::test(flavor = "multi_thread")]
+async fn deep_nesting_is_invalid_json_not_a_trap() {
+    let mut python = worker(&python_reference()).await;
+    let sample = &sample_bodies()[0];
+    // The body's own object is one level: 499 inside it is 500 in all.
+    let bodies: Vec<String> = [499, 500, 2_000, 50_000]
+        .into_iter()
+        .flat_map(|depth| {
+            [
+                sample.replacen(
+                    '{',
+                    &format!("{{\"x\": {}{}, ", "[".repeat(depth), "]".repeat(depth)),
+                    1,
+                ),
+                sample.replacen(
+                    '{',
+                    &format!(
+                        "{{\"x\": {}1{}, ",
+                        "{\"a\": ".repeat(depth),
+                        "}".repeat(depth)
+                    ),
+                    1,
+                ),
+            ]
+        })
+        .collect();
+    let messages: Vec<Received> = bodies
+        .iter()
+        .enumerate()
+        .map(|(index, body)| Received::local(format!("deep{index}"), body.as_str(), 0))
+        .collect();
+    let codes: Vec<String> = python
+        .run(&messages)
+        .await
+        .unwrap()
+        .iter()
+        .map(|outcome| match outcome {
+            Outcome::Rows(_) => "row".to_owned(),
+            Outcome::Rejected(rejection) => rejection.code.clone(),
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "row",
+            "row",
+            "invalid_json",
+            "invalid_json",
+            "invalid_json",
+            "invalid_json",
+            "invalid_json",
+            "invalid_json"
+        ]
+    );
+}
+
 // ---------------------------------------------------------- the sandbox
 
 /// Each attempt the escape fixture makes, and the row it wrote about it.
@@ -627,6 +685,82 @@ async fn the_python_scaffold_builds_and_passes_its_own_vectors() {
         .unwrap();
     assert!(!again.status.success());
     std::fs::remove_dir_all(&checkout).ok();
+}
+
+/// The README's Python example is transform-wasm/kit/python/examples/signups:
+/// it builds, and does what the README says.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readmes_python_example_builds_and_writes_its_row() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let example_dir = repo_root().join("transform-wasm/kit/python/examples/signups");
+    let example = std::fs::read_to_string(example_dir.join("app.py")).unwrap();
+    let start = readme.find("```python\n").expect("a python block") + "```python\n".len();
+    let shown = &readme[start..start + readme[start..].find("```").unwrap()];
+    assert_eq!(
+        shown,
+        example,
+        "README's Python example differs from {}",
+        example_dir.display()
+    );
+
+    let out = temp_dir("maskpipe-signups").join("signups.wasm");
+    let built =
+        std::process::Command::new(repo_root().join(".data/componentize-py/bin/componentize-py"))
+            .current_dir(repo_root())
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .args([
+                "-d",
+                "wit",
+                "-w",
+                "transformer",
+                "componentize",
+                "-p",
+                "transform-wasm/kit/python",
+                "-p",
+            ])
+            .arg(&example_dir)
+            .arg("app")
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let mut signups = worker(&out).await;
+    let messages = [
+        Received::local(
+            "ok",
+            r#"{"country": "PT", "email": "ada@example.com"}"#,
+            1_670_839_200_000,
+        ),
+        Received::local("bad", "not json", 1_670_839_200_000),
+    ];
+    let outcomes = signups.run(&messages).await.unwrap();
+    let Outcome::Rows(rows) = &outcomes[0] else {
+        panic!("{outcomes:?}")
+    };
+    let [
+        Some(Value::Text(country)),
+        Some(Value::Text(email)),
+        Some(Value::Timestamptz(at)),
+    ] = &rows[0].values[..]
+    else {
+        panic!("{rows:?}")
+    };
+    assert_eq!(country, "PT");
+    assert!(
+        email.starts_with("mp2.") && !email.contains("ada"),
+        "{email}"
+    );
+    assert_eq!(at.timestamp_millis(), 1_670_839_200_000);
+    let Outcome::Rejected(rejection) = &outcomes[1] else {
+        panic!("{outcomes:?}")
+    };
+    assert_eq!(rejection.code, "invalid_json");
+    std::fs::remove_dir_all(out.parent().unwrap()).ok();
 }
 
 // ------------------------------------------------------------ memory

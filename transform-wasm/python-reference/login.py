@@ -7,12 +7,15 @@ Where Python's own parsers are looser than Rust's, this module is strict
 on purpose: JSON numbers out of a double's range and unpaired surrogate
 escapes are invalid JSON (as serde_json says), an IP address is parsed by
 Rust's grammar (no zone ids, no leading zeros), and dates beyond Python's
-year 9999 are computed, not refused.
+year 9999 are computed, not refused. One difference remains: JSON nested
+deeper than the kit's JSON_NESTING_LIMIT (500 levels) is invalid here,
+because CPython's parser would exhaust the component's stack, where the
+Rust reference skips deep nesting inside fields it ignores.
 """
 
 import json
 
-from maskpipe_guest import Reject
+from maskpipe_guest import JSON_NESTING_LIMIT, Reject, nests_deeper_than
 
 REASON_CODES = [
     "invalid_json",
@@ -105,6 +108,8 @@ def parse(body):
     """The login fields of a body, as a dict from field to value (a str,
     None for JSON null, or some other JSON value): a repeated key keeps its
     last value."""
+    if nests_deeper_than(body):
+        raise _invalid_json(f"nesting deeper than {JSON_NESTING_LIMIT} levels")
     try:
         top = _decoder.decode(body)
     except json.JSONDecodeError as error:

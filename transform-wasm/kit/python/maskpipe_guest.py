@@ -40,7 +40,9 @@ letter.
 """
 
 import datetime
+import re
 import struct
+from itertools import accumulate
 
 from wit_world.imports import types as wit
 
@@ -48,6 +50,7 @@ __all__ = [
     "ANY",
     "CLEAR",
     "MALFORMED_BATCH",
+    "JSON_NESTING_LIMIT",
     "MASKED",
     "PSEUDONYMIZED",
     "TRANSFORM_ERROR",
@@ -62,6 +65,7 @@ __all__ = [
     "integer",
     "jsonb",
     "masked",
+    "nests_deeper_than",
     "numeric",
     "pseudonymized",
     "table",
@@ -91,6 +95,31 @@ class Reject(Exception):
         super().__init__(code)
         self.code = code
         self.detail = detail
+
+
+# ------------------------------------------------------------- parsing JSON
+
+#: How deep `json.loads` may be allowed to recurse inside a component.
+#: CPython's JSON parser recurses in C once per level, and a component's
+#: stack is small: at 2,000 levels it runs out, which traps the call (the
+#: host then costs that message a `transform_trap` dead letter, but only
+#: after retrying its batch one message at a time).
+JSON_NESTING_LIMIT = 500
+
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}.__getitem__
+
+
+def nests_deeper_than(text, limit=JSON_NESTING_LIMIT):
+    """Whether the JSON `text` nests arrays and objects deeper than `limit`
+    (brackets inside strings do not count). Ask before `json.loads` on a
+    body that could be hostile; it costs two counts unless the text holds
+    more than `limit` brackets, and then runs at C speed."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    return max(accumulate(map(_DEPTH_STEP, brackets)), default=0) > limit
 
 
 # ---------------------------------------------------------------- declaring

@@ -59,9 +59,10 @@ pub async fn bench(
     let mut rows = Vec::new();
     for component in &components {
         let size = std::fs::metadata(&component.path)?.len() as f64;
-        report
-            .summary
-            .insert(format!("{}_wasm_bytes", component.key), serde_json::json!(size));
+        report.summary.insert(
+            format!("{}_wasm_bytes", component.key),
+            serde_json::json!(size),
+        );
         rows.push(format!(
             "| {} | size | | {:.1} | | MB |",
             component.label,

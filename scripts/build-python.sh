@@ -7,9 +7,9 @@
 #
 # Components land in target/wasm32-wasip2/release/ beside the Rust ones
 # ('-' in NAME becomes '_'), a transform's vectors.jsonl beside it as
-# NAME.vectors.jsonl. A component newer than its sources, the Python kit
-# (transform-wasm/kit/python) and wit/ is left as it is: componentize-py
-# takes seconds per component.
+# NAME.vectors.jsonl. A component already built from exactly its sources,
+# the Python kit (transform-wasm/kit/python) and wit/ is left as it is:
+# componentize-py takes seconds per component.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -27,15 +27,34 @@ ensure_componentize_py() {
     log "installing componentize-py $version into .data/componentize-py"
     rm -rf "$venv"
     mkdir -p "$root/.data"
-    python3 -m venv "$venv"
+    python3 -m venv "$venv" || {
+        rm -rf "$venv"
+        echo "componentize-py needs python3 with venv (on Debian: apt-get install python3-venv)" >&2
+        exit 1
+    }
     "$venv/bin/pip" install -q --disable-pip-version-check "componentize-py==$version"
 }
 
-# build DIR OUTPUT: componentize DIR/app.py unless OUTPUT is up to date.
+# What a component is built from, hashed: every file of its directory, the
+# kit and wit/, and the componentize-py version. A change, an addition or a
+# deletion rebuilds it.
+sources_digest() {
+    {
+        echo "componentize-py $version"
+        {
+            find -L "$1" -type f -not -path '*/__pycache__/*' -print0
+            find -L transform-wasm/kit/python -type f -name '*.py' -not -path '*/examples/*' -print0
+            find -L wit -type f -name '*.wit' -print0
+        } | sort -z | xargs -0 sha256sum
+    } | sha256sum | cut -d' ' -f1
+}
+
+# build DIR OUTPUT: componentize DIR/app.py unless OUTPUT was built from
+# exactly these sources (OUTPUT.sources holds their digest).
 build() {
-    local dir="$1" output="$2"
-    if [ -f "$output" ] && [ "$output" -nt "$venv/bin/componentize-py" ] \
-        && [ -z "$(find -L "$dir" transform-wasm/kit/python wit -newer "$output" -name '*.py' -o -newer "$output" -name '*.wit' | head -1)" ]; then
+    local dir="$1" output="$2" digest
+    digest="$(sources_digest "$dir")"
+    if [ -f "$output" ] && [ "$(cat "$output.sources" 2>/dev/null)" = "$digest" ]; then
         return
     fi
     ensure_componentize_py
@@ -44,6 +63,16 @@ build() {
     PYTHONDONTWRITEBYTECODE=1 "$venv/bin/componentize-py" -d wit -w transformer componentize \
         -p transform-wasm/kit/python -p "$dir" app -o "$output.tmp" >/dev/null
     mv "$output.tmp" "$output"
+    echo "$digest" >"$output.sources"
+}
+
+# The component names the Rust transforms build (crate name, '-' as '_').
+rust_names() {
+    local manifest
+    for manifest in transform-wasm/Cargo.toml transform-wasm/*/Cargo.toml; do
+        [ -e "$manifest" ] && grep -q cdylib "$manifest" || continue
+        sed -n 's/^name = "\(.*\)"/\1/p' "$manifest" | head -1 | tr - _
+    done
 }
 
 mkdir -p "$out"
@@ -53,6 +82,10 @@ case "${1:-}" in
             [ -e "$app" ] || continue
             dir="$(dirname "$app")"
             name="$(basename "$dir" | tr - _)"
+            if rust_names | grep -qx "$name"; then
+                echo "transform-wasm/$(basename "$dir") would build $name.wasm, which a Rust transform builds: rename it" >&2
+                exit 1
+            fi
             build "$dir" "$out/$name.wasm"
             cp "$dir/vectors.jsonl" "$out/$name.vectors.jsonl"
         done

@@ -1,7 +1,10 @@
 //! The transform author's kit: `maskpipe transform test` and `inspect`.
 //!
 //! Both work on a component file alone, in wasm isolation: no queue, no
-//! database, and only the public test key.
+//! database, and only the public test key. Both keep what they compile in
+//! the same cache as `maskpipe run` (a Python component compiles for
+//! seconds), so testing a component also warms the cache it is deployed
+//! from.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -17,10 +20,15 @@ use crate::swap::vectors_path;
 use crate::vectors;
 
 /// Runs golden vectors through a component; prints a diff for each failure.
-pub async fn test(component: &Path, vectors_file: Option<&Path>) -> Result<ExitCode> {
+pub async fn test(
+    component: &Path,
+    vectors_file: Option<&Path>,
+    cache_dir: Option<&Path>,
+) -> Result<ExitCode> {
     let vectors_file = vectors_file.map_or_else(|| vectors_path(component), Path::to_path_buf);
     let started = Instant::now();
-    let (count, failures) = vectors::check_file(component, &vectors_file).await?;
+    let engine = runtime::engine_with_cache(cache_dir)?;
+    let (count, failures) = vectors::check_file_with(&engine, component, &vectors_file).await?;
     for failure in &failures {
         println!(
             "FAIL line {} ({}):\n{}",
@@ -46,10 +54,10 @@ pub async fn test(component: &Path, vectors_file: Option<&Path>) -> Result<ExitC
 
 /// Describes a component: digest, size, whether maskpipe would load it, its
 /// reason codes and tables (as DDL), WIT world, imports and exports.
-pub async fn inspect(component: &Path) -> Result<String> {
+pub async fn inspect(component: &Path, cache_dir: Option<&Path>) -> Result<String> {
     let bytes =
         std::fs::read(component).with_context(|| format!("cannot read {}", component.display()))?;
-    let engine = runtime::engine()?;
+    let engine = runtime::engine_with_cache(cache_dir)?;
     let mut out = String::new();
     let _ = writeln!(out, "component  {}", component.display());
     let _ = writeln!(out, "size       {} bytes", bytes.len());
@@ -85,7 +93,13 @@ pub async fn inspect(component: &Path) -> Result<String> {
         }
     }
 
-    if let Ok(parsed) = wasmtime::component::Component::from_binary(&engine, &bytes) {
+    // The loaded component's compilation, reused: compiling CPython takes
+    // seconds. A refused one is compiled again for its imports.
+    let parsed = match &loaded {
+        Ok(transform) => Some(transform.component().clone()),
+        Err(_) => wasmtime::component::Component::from_binary(&engine, &bytes).ok(),
+    };
+    if let Some(parsed) = parsed {
         let component_type = parsed.component_type();
         let _ = writeln!(out, "\nimports");
         for (name, item) in component_type.imports(&engine) {

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::sync::watch;
 
 use crate::author;
-use crate::config::{KeyArgs, RunArgs};
+use crate::config::{CacheArgs, KeyArgs, RunArgs};
 use crate::dead_letters::{self, DeadLettersCommand};
 use crate::ledger;
 use crate::masking::{Bound, MasterKey, RevealError, required_context, token_key_id};
@@ -73,12 +73,16 @@ pub enum TransformCommand {
         component: PathBuf,
         /// Vectors file (JSON Lines); default: NAME.vectors.jsonl beside NAME.wasm.
         vectors: Option<PathBuf>,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
     /// Print a component's digest, size, imports, exports and WIT world, and
     /// whether maskpipe would load it.
     Inspect {
         /// The component (.wasm).
         component: PathBuf,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
 }
 
@@ -211,11 +215,16 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             println!("{}", MasterKey::generate_hex());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Transform(TransformCommand::Test { component, vectors }) => {
-            author::test(&component, vectors.as_deref()).await
-        }
-        Command::Transform(TransformCommand::Inspect { component }) => {
-            print!("{}", author::inspect(&component).await?);
+        Command::Transform(TransformCommand::Test {
+            component,
+            vectors,
+            cache,
+        }) => author::test(&component, vectors.as_deref(), cache.dir().as_deref()).await,
+        Command::Transform(TransformCommand::Inspect { component, cache }) => {
+            print!(
+                "{}",
+                author::inspect(&component, cache.dir().as_deref()).await?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue(QueueCommand::Load {

@@ -209,11 +209,8 @@ pub struct RunArgs {
     #[arg(long, env = "MASKPIPE_METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
-    /// Directory for compiled components, so restarts skip compilation;
-    /// `off` disables the cache. Default: $XDG_CACHE_HOME/maskpipe or
-    /// ~/.cache/maskpipe.
-    #[arg(long, env = "MASKPIPE_CACHE_DIR", value_name = "DIR|off")]
-    pub cache_dir: Option<String>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 
     /// Seconds between checks of the transform file that need no file
     /// events (NFS, some overlays); events and SIGHUP reload at once. 0 turns
@@ -240,9 +237,20 @@ pub struct RunArgs {
     pub keys: KeyArgs,
 }
 
-impl RunArgs {
+/// Where compiled components are kept: shared by `run` and the author's
+/// tools, so a component tested once loads from the cache when deployed.
+#[derive(Args, Debug, Clone, Default)]
+pub struct CacheArgs {
+    /// Directory for compiled components, so restarts skip compilation;
+    /// `off` disables the cache. Default: $XDG_CACHE_HOME/maskpipe or
+    /// ~/.cache/maskpipe.
+    #[arg(long, env = "MASKPIPE_CACHE_DIR", value_name = "DIR|off")]
+    pub cache_dir: Option<String>,
+}
+
+impl CacheArgs {
     /// Where compiled components are cached, if anywhere.
-    pub fn cache_dir(&self) -> Option<PathBuf> {
+    pub fn dir(&self) -> Option<PathBuf> {
         match self.cache_dir.as_deref() {
             Some("off") => None,
             Some(dir) => Some(PathBuf::from(dir)),
@@ -251,6 +259,13 @@ impl RunArgs {
                 .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
                 .map(|base| base.join("maskpipe")),
         }
+    }
+}
+
+impl RunArgs {
+    /// Where compiled components are cached, if anywhere.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        self.cache.dir()
     }
 
     pub fn limits(&self) -> Limits {

@@ -219,6 +219,15 @@ pub async fn check(transform: &Arc<Transform>, vectors: &[Vector]) -> Result<Vec
 /// there were, and which failed. A file with no vectors is an error: it
 /// would pass any component.
 pub async fn check_file(component: &Path, vectors_file: &Path) -> Result<(usize, Vec<Failure>)> {
+    check_file_with(&runtime::engine()?, component, vectors_file).await
+}
+
+/// [`check_file`] on `engine` (one with a compile cache, say).
+pub async fn check_file_with(
+    engine: &wasmtime::Engine,
+    component: &Path,
+    vectors_file: &Path,
+) -> Result<(usize, Vec<Failure>)> {
     let text = std::fs::read_to_string(vectors_file)
         .with_context(|| format!("cannot read vectors {}", vectors_file.display()))?;
     let vectors = parse(&text, &test_keyring())?;
@@ -228,8 +237,7 @@ pub async fn check_file(component: &Path, vectors_file: &Path) -> Result<(usize,
             vectors_file.display()
         );
     }
-    let engine = runtime::engine()?;
-    let transform = Arc::new(Transform::load(&engine, component, Limits::default()).await?);
+    let transform = Arc::new(Transform::load(engine, component, Limits::default()).await?);
     let failures = check(&transform, &vectors).await?;
     Ok((vectors.len(), failures))
 }

@@ -130,9 +130,47 @@ fn garbage_is_not_a_component() {
     assert!(!text.contains('\n'), "{text}");
 }
 
+/// `transform test` and `inspect` keep what they compile in
+/// `MASKPIPE_CACHE_DIR`, the cache `run` loads from.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_authors_tools_compile_into_the_hosts_cache() {
+    for command in ["test", "inspect"] {
+        let cache = temp_dir("maskpipe-author-cache");
+        let output = maskpipe()
+            .args(["transform", command])
+            .arg(component_path())
+            .env("MASKPIPE_CACHE_DIR", &cache)
+            .output()
+            .await
+            .unwrap();
+        assert!(output.status.success(), "{command}: {output:?}");
+        let cached = walk(&cache);
+        assert!(
+            !cached.is_empty(),
+            "{command} left {} empty",
+            cache.display()
+        );
+        std::fs::remove_dir_all(&cache).ok();
+    }
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 #[test]
 fn inspect_says_the_maskpipe_import_is_types_only() {
-    let text = runtime::block_on(maskpipe::author::inspect(&component_path())).unwrap();
+    let text = runtime::block_on(maskpipe::author::inspect(&component_path(), None)).unwrap();
     let line = |prefix: &str| {
         text.lines()
             .find(|line| line.trim_start().starts_with(prefix))

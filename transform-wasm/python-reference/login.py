@@ -10,12 +10,13 @@ Rust's grammar (no zone ids, no leading zeros), and dates beyond Python's
 year 9999 are computed, not refused. One difference remains: JSON nested
 deeper than the kit's JSON_NESTING_LIMIT (500 levels) is invalid here,
 because CPython's parser would exhaust the component's stack, where the
-Rust reference skips deep nesting inside fields it ignores.
+Rust reference skips deep nesting inside fields it ignores (and names the
+kind of a deep login field or body).
 """
 
 import json
 
-from maskpipe_guest import JSON_NESTING_LIMIT, Reject, nests_deeper_than
+from maskpipe_guest import Reject, load_json
 
 REASON_CODES = [
     "invalid_json",
@@ -108,15 +109,7 @@ def parse(body):
     """The login fields of a body, as a dict from field to value (a str,
     None for JSON null, or some other JSON value): a repeated key keeps its
     last value."""
-    if nests_deeper_than(body):
-        raise _invalid_json(f"nesting deeper than {JSON_NESTING_LIMIT} levels")
-    try:
-        top = _decoder.decode(body)
-    except json.JSONDecodeError as error:
-        # Its position, never the input text.
-        raise _invalid_json(f"syntax error at line {error.lineno} column {error.colno}") from None
-    except (ValueError, RecursionError):
-        raise _invalid_json("a number or nesting it cannot hold") from None
+    top = load_json(body, decoder=_decoder)
     escapes = "\\u" in body
     if not isinstance(top, _Object):
         if top is _OUT_OF_RANGE or (escapes and isinstance(top, str) and _unpaired_surrogate(top)):
@@ -128,7 +121,15 @@ def parse(body):
             raise _invalid_json("an unpaired surrogate in a key")
         if key in LOGIN_FIELDS or key == "locale":
             if value is _OUT_OF_RANGE or (
-                escapes and isinstance(value, str) and _unpaired_surrogate(value)
+                escapes
+                and (
+                    (isinstance(value, str) and _unpaired_surrogate(value))
+                    # serde_json reads an object field's own keys as strings.
+                    or (
+                        isinstance(value, _Object)
+                        and any(_unpaired_surrogate(inner) for inner, _ in value)
+                    )
+                )
             ):
                 raise _invalid_json(f"field `{key}` holds a value it cannot hold")
             login[key] = value

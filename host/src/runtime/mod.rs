@@ -194,6 +194,11 @@ impl Transform {
         self.reason_codes.as_slice()
     }
 
+    /// The compiled component.
+    pub fn component(&self) -> &Component {
+        self.pre.instance_pre().component()
+    }
+
     /// The tables the component declared.
     pub fn schema(&self) -> &Arc<Schema> {
         &self.schema

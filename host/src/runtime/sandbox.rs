@@ -78,6 +78,9 @@ pub(super) const MAX_MEMORIES: usize = 8;
 pub(super) const MAX_TABLES: usize = 100;
 /// All tables' elements together: 1 Mi elements is 8–16 MiB of host memory.
 pub(super) const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+/// WASI handles (streams, pollables, networks) a component may hold at once:
+/// a Rust or Python transform holds a handful.
+const MAX_RESOURCES: usize = 10_000;
 
 /// Which cap stopped a component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,7 +184,14 @@ impl HostState {
                 .allow_ip_name_lookup(false)
                 .socket_addr_check(|_, _| Box::pin(async { false }))
                 .build(),
-            table: ResourceTable::new(),
+            table: {
+                // Each handle the component holds (a stream, a pollable, a
+                // network) is host memory the limiter does not see: bound
+                // them (wasmtime's default is a million).
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(MAX_RESOURCES);
+                table
+            },
             limiter: SandboxLimiter::new(memory_cap),
         }
     }
@@ -234,7 +244,8 @@ pub(super) fn check_imports(engine: &Engine, component: &Component) -> Result<()
         if !GRANTED_IMPORTS.contains(&interface) {
             bail!(
                 "the component imports `{name}`, which maskpipe does not grant \
-                 (a transform gets only inert WASI stdio, clocks, random, and a filesystem and sockets that reach nothing)"
+                 (a transform gets only inert WASI stdio, clocks and random, and a \
+                 filesystem and sockets that reach nothing)"
             );
         }
     }

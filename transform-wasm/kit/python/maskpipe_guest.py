@@ -30,9 +30,12 @@ Everything else is the kit's:
   `pseudonymized(..)` or `clear(..)`: the host, which holds the key, does
   the protecting);
 * a message that raises takes back the rows it added: `Reject` becomes its
-  rejection; any other exception is a bug, and becomes `transform_error`
-  naming only the exception's type (its text could quote the message), so
-  one bad message never costs the batch.
+  rejection; any other exception (`sys.exit()` too) is a bug, and becomes
+  `transform_error` naming only the exception's type (its text could quote
+  the message), so one bad message never costs the batch; `rows.add` checks
+  every value against its column's type and range for the same reason;
+* `load_json` parses a body or rejects it, refusing first what CPython's
+  parser would exhaust the component's stack on (`nests_deeper_than`).
 
 The kit checks nothing the host checks: the host validates every row
 against the declaration and turns what breaks it into that message's dead
@@ -40,6 +43,7 @@ letter.
 """
 
 import datetime
+import json
 import re
 import struct
 from itertools import accumulate
@@ -64,6 +68,7 @@ __all__ = [
     "double",
     "integer",
     "jsonb",
+    "load_json",
     "masked",
     "nests_deeper_than",
     "numeric",
@@ -106,7 +111,10 @@ class Reject(Exception):
 #: after retrying its batch one message at a time).
 JSON_NESTING_LIMIT = 500
 
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+# A string (escapes already removed), or an unterminated one to the end:
+# one character class, so the scan is linear and needs no memory per
+# character (a repeated group would: a megabyte of escapes hit the cap).
+_STRING = re.compile(r'"[^"]*"?')
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}.__getitem__
 
@@ -118,8 +126,31 @@ def nests_deeper_than(text, limit=JSON_NESTING_LIMIT):
     more than `limit` brackets, and then runs at C speed."""
     if text.count("[") + text.count("{") <= limit:
         return False
-    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    # Escapes first (an escaped backslash, then an escaped quote), so that
+    # every quote left opens or closes a string.
+    unescaped = text.replace("\\\\", "").replace('\\"', "")
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", unescaped))
     return max(accumulate(map(_DEPTH_STEP, brackets)), default=0) > limit
+
+
+_DECODER = json.JSONDecoder()
+
+
+def load_json(body, code="invalid_json", decoder=None):
+    """`body` parsed as JSON (by `decoder`, a `json.JSONDecoder`, if given),
+    or `Reject(code, …)`: it is not JSON, holds what the decoder refuses, or
+    nests deeper than JSON_NESTING_LIMIT. The detail names a position,
+    never the text."""
+    if nests_deeper_than(body):
+        raise Reject(code, f"body nests deeper than {JSON_NESTING_LIMIT} levels")
+    try:
+        return (decoder or _DECODER).decode(body)
+    except json.JSONDecodeError as error:
+        raise Reject(
+            code, f"body is not valid JSON (line {error.lineno} column {error.colno})"
+        ) from None
+    except (ValueError, RecursionError):
+        raise Reject(code, "body holds JSON this transform cannot read") from None
 
 
 # ---------------------------------------------------------------- declaring
@@ -262,27 +293,55 @@ def _encoding(column):
     return kind
 
 
+_I32 = (-(1 << 31), (1 << 31) - 1)
+_I64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _int_in(value, bounds, column_type):
+    if type(value) is not int:
+        raise TypeError(f"a {column_type} column takes an int")
+    if not bounds[0] <= value <= bounds[1]:
+        raise OverflowError(f"a value out of the {column_type} range")
+    return value
+
+
 def _scalar_word(kind, value):
+    """The word of a non-text value, checked: a value its column cannot
+    take raises (costing its message a `transform_error`), never a word
+    the boundary or the host would refuse for the whole batch."""
     if kind == _INTEGER:
-        return value & 0xFFFF_FFFF
+        return _int_in(value, _I32, "integer") & 0xFFFF_FFFF
     if kind == _BIGINT:
-        return value & _U64
+        return _int_in(value, _I64, "bigint") & _U64
     if kind == _BOOLEAN:
+        if type(value) is not bool:
+            raise TypeError("a boolean column takes a bool")
         return 1 if value else 0
     if kind == _DOUBLE:
-        return _WORD.unpack(_DOUBLE_BITS.pack(value))[0]
+        if type(value) not in (float, int):
+            raise TypeError("a double column takes a float")
+        return _WORD.unpack(_DOUBLE_BITS.pack(float(value)))[0]
     if kind == _DATE:
         # A datetime.date, or (year, month, day) for years it cannot hold.
-        if isinstance(value, datetime.date):
+        if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
             year, month, day = value.year, value.month, value.day
-        else:
+        elif type(value) is tuple and len(value) == 3:
             year, month, day = value
+            _int_in(year, _I32, "date's year")
+            if type(month) is not int or type(day) is not int or not (
+                1 <= month <= 12 and 1 <= day <= 31
+            ):
+                raise ValueError("a date's month or day is out of range")
+        else:
+            raise TypeError("a date column takes a datetime.date or (year, month, day)")
         return (year & 0xFFFF_FFFF) | (month << 32) | (day << 40)
     # timestamptz: an aware datetime, or microseconds since the epoch.
     if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            raise ValueError("a timestamptz column takes an aware datetime")
         delta = value - _EPOCH
         value = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    return value & _U64
+    return _int_in(value, _I64, "timestamptz") & _U64
 
 
 class Rows:
@@ -307,6 +366,17 @@ class Rows:
         encodings = self._encodings[table]
         if len(values) != len(encodings):
             raise TypeError("a row needs one value per declared column")
+        # All or nothing: a value that raises takes the row's others back,
+        # so a transform that catches the error still has aligned rows.
+        mark = self._mark()
+        try:
+            self._append(encodings, values)
+        except BaseException:
+            self._rewind(mark)
+            raise
+        self.tables.append(table)
+
+    def _append(self, encodings, values):
         kinds = self.kinds
         words = self.words
         for encoding, value in zip(encodings, values):
@@ -315,6 +385,10 @@ class Rows:
                 words.append(0)
                 continue
             if encoding == _PII:
+                if type(value) is not _Protected:
+                    raise TypeError(
+                        "a PII column takes masked(..), pseudonymized(..) or clear(..)"
+                    )
                 kind = value.kind
                 value = value.value
             elif encoding in _SPANS:
@@ -323,16 +397,17 @@ class Rows:
                 kinds.append(encoding)
                 words.append(_scalar_word(encoding, value))
                 continue
+            if type(value) is not str:
+                raise TypeError("a text, numeric, uuid, jsonb or PII column takes a str")
             # A span of the text: byte offsets, as the host reads them
-            # (encoding raises for a string the boundary cannot carry, which
-            # then costs this message alone).
+            # (encoding raises for a string the boundary cannot carry: an
+            # unpaired surrogate).
             start = self._text_bytes
-            self._text.append(value)
             end = start + (len(value) if value.isascii() else len(value.encode()))
+            self._text.append(value)
             self._text_bytes = end
             kinds.append(kind)
             words.append(start | (end << 32))
-        self.tables.append(table)
 
     def _mark(self):
         return len(self.tables), len(self.words), len(self._text), self._text_bytes
@@ -409,7 +484,9 @@ class Transformer:
                 rows._rewind(mark)
                 each.append(_rejected(rejection.code, rejection.detail))
                 continue
-            except Exception as error:
+            except BaseException as error:
+                # Anything else is a bug, sys.exit() included: it costs
+                # this message alone.
                 rows._rewind(mark)
                 each.append(_rejected(
                     TRANSFORM_ERROR, f"the transform raised {type(error).__name__}"

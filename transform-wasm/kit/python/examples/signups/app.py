@@ -1,6 +1,4 @@
-import json
-
-from maskpipe_guest import MASKED, Reject, Transformer, masked, table, text, timestamptz
+from maskpipe_guest import MASKED, Transformer, load_json, masked, table, text, timestamptz
 
 
 class WitWorld(Transformer):
@@ -15,10 +13,7 @@ class WitWorld(Transformer):
     REASON_CODES = ["invalid_json"]
 
     def transform(self, body, sent_ms, rows):
-        try:
-            signup = json.loads(body)
-        except ValueError:
-            raise Reject("invalid_json", "the body is not JSON") from None
+        signup = load_json(body)  # or a Reject("invalid_json", …)
         rows.add(
             0,  # table 0 of the declaration; one value per column, in order
             signup.get("country", "??"),

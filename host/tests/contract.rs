@@ -7,8 +7,6 @@ mod common;
 
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -20,20 +18,15 @@ fn devices_path() -> std::path::PathBuf {
 /// `count` valid logins whose `app_version` is `n` (as `x.y.z`) and whose
 /// user id is `tag-n`: every row, in every table, names its message.
 fn numbered_logins(tag: &str, count: usize) -> Vec<String> {
-    let template = sample_bodies()[0].clone();
-    (0..count)
-        .map(|n| {
-            template
-                .replace(
-                    "424cdd21-063a-43a7-b91b-7ca1a833afae",
-                    &format!("{tag}-{n:06}"),
-                )
-                .replace(
-                    "\"2.3.0\"",
-                    &format!("\"{}.{}.{}\"", n / 10_000, (n / 100) % 100, n % 100),
-                )
-        })
-        .collect()
+    (0..count).map(|n| numbered_login(tag, n)).collect()
+}
+
+/// The `n`th of [`numbered_logins`].
+fn numbered_login(tag: &str, n: usize) -> String {
+    login_numbered(tag, n).replace(
+        "\"2.3.0\"",
+        &format!("\"{}.{}.{}\"", n / 10_000, (n / 100) % 100, n % 100),
+    )
 }
 
 /// `maskpipe run` on `transform`, its stderr collected.
@@ -63,20 +56,7 @@ async fn a_swap_whose_column_is_missing_is_refused_then_accepted_after_alter_tab
     let host = start_host(queue.queue_url(), &database, &live, &["--pollers", "2"]);
 
     // Continuous load: unique logins, ten every 20 ms, until told to stop.
-    let sent = Arc::new(AtomicUsize::new(0));
-    let producing = Arc::new(AtomicBool::new(true));
-    let producer = {
-        let (queue, sent, producing) = (queue.clone(), Arc::clone(&sent), Arc::clone(&producing));
-        tokio::spawn(async move {
-            while producing.load(Ordering::Relaxed) {
-                let start = sent.load(Ordering::Relaxed);
-                let bodies: Vec<String> = numbered_logins("alter", start + 10).split_off(start);
-                queue.send(&bodies).await.unwrap();
-                sent.fetch_add(10, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let load = ContinuousLoad::start(&queue, |n| numbered_login("alter", n));
     let processed = || try_count(&database, "SELECT count(*) FROM maskpipe_processed");
     wait_for(
         "rows from the reference",
@@ -143,9 +123,7 @@ async fn a_swap_whose_column_is_missing_is_refused_then_accepted_after_alter_tab
     })
     .await;
 
-    producing.store(false, Ordering::Relaxed);
-    producer.await.unwrap();
-    let total = sent.load(Ordering::Relaxed) as i64;
+    let total = load.stop().await;
     wait_for("the queue to drain", Duration::from_secs(120), async || {
         processed().await >= total
     })

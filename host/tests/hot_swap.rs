@@ -8,7 +8,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -86,28 +85,7 @@ async fn swapping_mid_stream_loses_nothing_and_refuses_a_broken_component() {
     };
 
     // Continuous load: unique logins, ten every 20 ms, until told to stop.
-    let sent = Arc::new(AtomicUsize::new(0));
-    let producing = Arc::new(AtomicBool::new(true));
-    let template = sample_bodies()[0].clone();
-    let producer = {
-        let (queue, sent, producing) = (queue.clone(), Arc::clone(&sent), Arc::clone(&producing));
-        tokio::spawn(async move {
-            while producing.load(Ordering::Relaxed) {
-                let start = sent.load(Ordering::Relaxed);
-                let bodies: Vec<String> = (start..start + 10)
-                    .map(|n| {
-                        template.replace(
-                            "424cdd21-063a-43a7-b91b-7ca1a833afae",
-                            &format!("swap-{n:06}"),
-                        )
-                    })
-                    .collect();
-                queue.send(&bodies).await.unwrap();
-                sent.fetch_add(10, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let load = ContinuousLoad::start(&queue, |n| login_numbered("swap", n));
 
     let db = query_client(&database).await;
     let ledger_count = |digest: &'static str| {
@@ -150,9 +128,7 @@ async fn swapping_mid_stream_loses_nothing_and_refuses_a_broken_component() {
     })
     .await;
 
-    producing.store(false, Ordering::Relaxed);
-    producer.await.unwrap();
-    let total = sent.load(Ordering::Relaxed) as i64;
+    let total = load.stop().await;
     wait_for("the queue to drain", Duration::from_secs(120), async || {
         ledger_count("").await >= total
     })

@@ -13,7 +13,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -1037,28 +1036,7 @@ async fn swapping_rust_python_rust_under_load_loses_nothing_and_compiles_off_the
         .env("MASKPIPE_WATCH_POLL_SECONDS", "0");
     let host = LoggedHost::spawn(command);
 
-    // Continuous load: ten unique logins every 20 ms.
-    let sent = Arc::new(AtomicUsize::new(0));
-    let producing = Arc::new(AtomicBool::new(true));
-    let producer = {
-        let (queue, sent, producing) = (queue.clone(), Arc::clone(&sent), Arc::clone(&producing));
-        tokio::spawn(async move {
-            while producing.load(Ordering::Relaxed) {
-                let start = sent.load(Ordering::Relaxed);
-                let bodies: Vec<String> = (start..start + 10)
-                    .map(|n| {
-                        sample_bodies()[0].replace(
-                            "424cdd21-063a-43a7-b91b-7ca1a833afae",
-                            &format!("py-{n:06}"),
-                        )
-                    })
-                    .collect();
-                queue.send(&bodies).await.unwrap();
-                sent.fetch_add(10, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let load = ContinuousLoad::start(&queue, |n| login_numbered("py", n));
     let db = query_client(&database).await;
     let ran_on = async |digest: &str| -> i64 {
         db.query_one(
@@ -1109,9 +1087,7 @@ async fn swapping_rust_python_rust_under_load_loses_nothing_and_compiles_off_the
     )
     .await;
 
-    producing.store(false, Ordering::Relaxed);
-    producer.await.unwrap();
-    let total = sent.load(Ordering::Relaxed) as i64;
+    let total = load.stop().await;
     wait_for("the queue to drain", Duration::from_secs(120), async || {
         ran_on("").await >= total
     })

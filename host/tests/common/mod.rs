@@ -247,21 +247,67 @@ pub fn spawn_host_at(
 
 /// `count` valid logins with unique user ids, and `malformed` bad messages.
 pub fn unique_logins(tag: &str, count: usize, malformed: usize) -> Vec<String> {
-    let template = sample_bodies()[0].clone();
-    let mut bodies: Vec<String> = (0..count)
-        .map(|n| {
-            template.replace(
-                "424cdd21-063a-43a7-b91b-7ca1a833afae",
-                &format!("{tag}-{n:06}"),
-            )
-        })
-        .collect();
+    let mut bodies: Vec<String> = (0..count).map(|n| login_numbered(tag, n)).collect();
     for n in 0..malformed {
         // Spread the malformed ones through the stream.
         let at = (n * 97 + 13) % (bodies.len() + 1);
         bodies.insert(at, format!("{{\"foo\": \"{tag}-bad-{n}\"}}"));
     }
     bodies
+}
+
+/// The sample's first login with user id `{tag}-{n:06}`.
+pub fn login_numbered(tag: &str, n: usize) -> String {
+    // Read once: tests make thousands.
+    static FIRST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FIRST
+        .get_or_init(|| sample_bodies().swap_remove(0))
+        .replace(
+            "424cdd21-063a-43a7-b91b-7ca1a833afae",
+            &format!("{tag}-{n:06}"),
+        )
+}
+
+/// Continuous load for the hot swap tests: ten messages every 20 ms, the
+/// `n`th made by `body(n)`, until stopped.
+pub struct ContinuousLoad {
+    sent: Arc<std::sync::atomic::AtomicUsize>,
+    producing: Arc<std::sync::atomic::AtomicBool>,
+    producer: tokio::task::JoinHandle<()>,
+}
+
+impl ContinuousLoad {
+    pub fn start(queue: &SqsSource, body: impl Fn(usize) -> String + Send + 'static) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let sent = Arc::new(AtomicUsize::new(0));
+        let producing = Arc::new(AtomicBool::new(true));
+        let producer = {
+            let (queue, sent, producing) =
+                (queue.clone(), Arc::clone(&sent), Arc::clone(&producing));
+            tokio::spawn(async move {
+                while producing.load(Ordering::Relaxed) {
+                    let start = sent.load(Ordering::Relaxed);
+                    let bodies: Vec<String> = (start..start + 10).map(&body).collect();
+                    queue.send(&bodies).await.unwrap();
+                    sent.fetch_add(10, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        Self {
+            sent,
+            producing,
+            producer,
+        }
+    }
+
+    /// Stops sending; how many messages were sent in all.
+    pub async fn stop(self) -> i64 {
+        use std::sync::atomic::Ordering;
+        self.producing.store(false, Ordering::Relaxed);
+        self.producer.await.unwrap();
+        self.sent.load(Ordering::Relaxed) as i64
+    }
 }
 
 /// Asserts that exactly the valid logins became rows, once each, and every

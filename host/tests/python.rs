@@ -340,12 +340,6 @@ fn edge_corpus() -> Vec<(String, u64)> {
         "{\"x\": 1e400}",
         "{\"ip\": [1e400]}",
         "{\"x\": \"\u{7}\"}",
-        // The largest double, and one rounding above it.
-        "1.7976931348623157e308",
-        "1.7976931348623158e308",
-        "1.7976931348623159e308",
-        "{\"ip\": 1.7976931348623158e308}",
-        "{\"ip\": 1.7976931348623159e308}",
         // A lone surrogate as a key of a login field's object, and deeper.
         "{\"ip\": {\"\\ud800\": 1}}",
         "{\"ip\": {\"a\": {\"\\ud800\": 1}}}",
@@ -353,6 +347,34 @@ fn edge_corpus() -> Vec<(String, u64)> {
         "{\"ip\": {\"a\": \"\\ud800\"}}",
     ] {
         corpus.push((whole.to_owned(), SENT));
+    }
+    // Numbers at a double's limit, where serde_json's arithmetic and
+    // CPython's correctly rounded parse could disagree: as the whole body
+    // and as a login field (both read them; an ignored field does not).
+    let long = |digits: &str, count: usize| digits.repeat(count);
+    for number in [
+        "1.7976931348623157e308".to_owned(),
+        "1.7976931348623158e308".to_owned(),
+        "1.7976931348623159e308".to_owned(),
+        "-1.7976931348623158e308".to_owned(),
+        "179769313486231570000e288".to_owned(),
+        format!("17976931348623157{}", "0".repeat(292)),
+        format!("17976931348623158{}", "0".repeat(292)),
+        long("1", 309),
+        long("1", 310),
+        long("9", 308),
+        long("9", 309),
+        format!("1844674407370955161{}.5", long("6", 290)),
+        format!("0.{}1e309", long("0", 400)),
+        "1e308".to_owned(),
+        "10e308".to_owned(),
+        "0e99999999999".to_owned(),
+        "1e99999999999".to_owned(),
+        "1e-99999999999".to_owned(),
+        "2.5e-400".to_owned(),
+    ] {
+        corpus.push((number.clone(), SENT));
+        corpus.push((sample.replace("\"199.172.111.135\"", &number), SENT));
     }
     for extra in [
         format!("\"extra\": {}", nested(20)),

@@ -60,7 +60,68 @@ _OUT_OF_RANGE = _Number(False)
 
 def _number(text):
     value = float(text)
-    return _FINITE if value - value == 0.0 else _OUT_OF_RANGE
+    # Far from a double's limit the two parsers agree; near it, serde_json's
+    # own arithmetic decides.
+    if -1e307 < value < 1e307:
+        return _FINITE
+    return _OUT_OF_RANGE if _serde_out_of_range(text) else _FINITE
+
+
+_U64_MAX = (1 << 64) - 1
+_I32_MAX = (1 << 31) - 1
+_POW10 = [float(f"1e{exponent}") for exponent in range(309)]
+
+
+def _serde_out_of_range(text):
+    """Whether serde_json, as the Rust reference builds it (without
+    `float_roundtrip`), refuses the JSON number `text` as out of range. It
+    keeps the leading digits that fit a u64 (the integer part's others
+    raise the exponent, the fraction's are dropped), then multiplies by a
+    power of ten in doubles, which can overflow where CPython's correctly
+    rounded parse gives the largest double."""
+    at = 1 if text[0] == "-" else 0
+    end = len(text)
+    significand = exponent = 0
+    long = False
+    while at < end and "0" <= text[at] <= "9":
+        digit = ord(text[at]) - 48
+        if long or significand * 10 + digit > _U64_MAX:
+            long = True
+            exponent += 1
+        else:
+            significand = significand * 10 + digit
+        at += 1
+    if at < end and text[at] == ".":
+        at += 1
+        while at < end and "0" <= text[at] <= "9":
+            digit = ord(text[at]) - 48
+            if significand * 10 + digit > _U64_MAX:
+                # The rest of the fraction is skipped.
+                while at < end and "0" <= text[at] <= "9":
+                    at += 1
+                break
+            significand = significand * 10 + digit
+            exponent -= 1
+            at += 1
+    if at < end and text[at] in "eE":
+        at += 1
+        positive = text[at] != "-"
+        if text[at] in "+-":
+            at += 1
+        power = 0
+        while at < end and "0" <= text[at] <= "9":
+            power = power * 10 + ord(text[at]) - 48
+            if power > _I32_MAX:
+                return significand != 0 and positive
+            at += 1
+        exponent = exponent + power if positive else exponent - power
+        exponent = max(-(1 << 31), min(exponent, _I32_MAX))
+    if exponent < 0:
+        return False
+    if exponent > 308:
+        return significand != 0
+    product = float(significand) * _POW10[exponent]
+    return product - product != 0.0
 
 
 def _constant(name):

@@ -76,13 +76,15 @@ rust_names() {
 }
 
 mkdir -p "$out"
+# Read once, whole: `grep -q` on a pipe would stop its writer early.
+rust="$(rust_names)"
 case "${1:-}" in
     transforms)
         for app in transform-wasm/*/app.py; do
             [ -e "$app" ] || continue
             dir="$(dirname "$app")"
             name="$(basename "$dir" | tr - _)"
-            if rust_names | grep -qx "$name"; then
+            if grep -qxF -- "$name" <<<"$rust"; then
                 echo "transform-wasm/$(basename "$dir") would build $name.wasm, which a Rust transform builds: rename it" >&2
                 exit 1
             fi

@@ -178,6 +178,16 @@ PY
 }
 
 if [ "$lang" = python ]; then
+    # A Python transform's component is NAME.wasm ('-' as '_'): it must not
+    # be one a Rust transform builds.
+    for manifest in "$root"/transform-wasm/Cargo.toml "$root"/transform-wasm/*/Cargo.toml; do
+        [ -e "$manifest" ] && grep -q cdylib "$manifest" || continue
+        crate="$(sed -n 's/^name = "\(.*\)"/\1/p' "$manifest" | head -1)"
+        if [ "${crate//-/_}" = "${name//-/_}" ]; then
+            echo "$name.wasm would be the Rust transform $crate's component: choose another name" >&2
+            exit 1
+        fi
+    done
     scaffold_python
     exit 0
 fi

@@ -150,6 +150,20 @@ async fn the_authors_tools_compile_into_the_hosts_cache() {
             "{command} left {} empty",
             cache.display()
         );
+        // Run again, it finds what it compiled: nothing new is written.
+        let again = maskpipe()
+            .args(["transform", command])
+            .arg(component_path())
+            .env("MASKPIPE_CACHE_DIR", &cache)
+            .output()
+            .await
+            .unwrap();
+        assert!(again.status.success(), "{command}: {again:?}");
+        let mut cached = cached;
+        let mut after = walk(&cache);
+        cached.sort();
+        after.sort();
+        assert_eq!(after, cached, "{command} compiled again");
         std::fs::remove_dir_all(&cache).ok();
     }
 }

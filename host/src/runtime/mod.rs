@@ -213,6 +213,7 @@ impl Transform {
             store,
             instance,
             packed: PackedBatch::default(),
+            recycles: 0,
         })
     }
 
@@ -289,6 +290,9 @@ pub struct Worker {
     store: Store<HostState>,
     instance: Transformer,
     packed: PackedBatch,
+    /// Fresh instances this worker has had to start (after a trap or an
+    /// abandoned call).
+    recycles: u64,
 }
 
 impl Worker {
@@ -300,6 +304,12 @@ impl Worker {
     /// wasm memory only grows; a recycled instance starts over).
     pub fn memory_bytes(&self) -> usize {
         self.store.data().limiter.memory_used()
+    }
+
+    /// How many times a failed call made this worker start a fresh
+    /// instance (each also sends its batch through message by message).
+    pub fn recycles(&self) -> u64 {
+        self.recycles
     }
 
     /// The component this worker runs.
@@ -373,6 +383,7 @@ impl Worker {
         let (store, instance) = self.transform.instantiate().await?;
         self.store = store;
         self.instance = instance;
+        self.recycles += 1;
         Ok(())
     }
 }

@@ -44,6 +44,7 @@ letter.
 
 import datetime
 import json
+import math
 import re
 import struct
 from itertools import accumulate
@@ -133,12 +134,19 @@ def nests_deeper_than(text, limit=JSON_NESTING_LIMIT):
     return max(accumulate(map(_DEPTH_STEP, brackets)), default=0) > limit
 
 
-_DECODER = json.JSONDecoder()
+def _not_json(constant):
+    raise ValueError(f"{constant} is not JSON")
+
+
+# Python's decoder, strict: NaN and Infinity are not JSON. (Integers longer
+# than CPython's 4,300 digits stay refused: converting them is quadratic.)
+_DECODER = json.JSONDecoder(parse_constant=_not_json)
 
 
 def load_json(body, code="invalid_json", decoder=None):
     """`body` parsed as JSON (by `decoder`, a `json.JSONDecoder`, if given),
-    or `Reject(code, …)`: it is not JSON, holds what the decoder refuses, or
+    or `Reject(code, …)`: it is not JSON (NaN and Infinity are not), holds
+    what the decoder refuses (an integer of more than 4,300 digits), or
     nests deeper than JSON_NESTING_LIMIT. The detail names a position,
     never the text."""
     if nests_deeper_than(body):
@@ -305,10 +313,19 @@ def _int_in(value, bounds, column_type):
     return value
 
 
+def _days_in_month(year, month):
+    if month == 2:
+        leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+        return 29 if leap else 28
+    return 30 if month in (4, 6, 9, 11) else 31
+
+
 def _scalar_word(kind, value):
-    """The word of a non-text value, checked: a value its column cannot
-    take raises (costing its message a `transform_error`), never a word
-    the boundary or the host would refuse for the whole batch."""
+    """The word of a non-text value, checked: a value of the wrong type,
+    out of its type's range, not finite or not a calendar date raises
+    (costing its message a `transform_error`), never a word the boundary
+    would refuse for the whole batch. What only the host knows (a date or
+    timestamp PostgreSQL cannot store) the host checks."""
     if kind == _INTEGER:
         return _int_in(value, _I32, "integer") & 0xFFFF_FFFF
     if kind == _BIGINT:
@@ -320,7 +337,10 @@ def _scalar_word(kind, value):
     if kind == _DOUBLE:
         if type(value) not in (float, int):
             raise TypeError("a double column takes a float")
-        return _WORD.unpack(_DOUBLE_BITS.pack(float(value)))[0]
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError("a double column takes a finite float")
+        return _WORD.unpack(_DOUBLE_BITS.pack(value))[0]
     if kind == _DATE:
         # A datetime.date, or (year, month, day) for years it cannot hold.
         if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
@@ -329,9 +349,9 @@ def _scalar_word(kind, value):
             year, month, day = value
             _int_in(year, _I32, "date's year")
             if type(month) is not int or type(day) is not int or not (
-                1 <= month <= 12 and 1 <= day <= 31
+                1 <= month <= 12 and 1 <= day <= _days_in_month(year, month)
             ):
-                raise ValueError("a date's month or day is out of range")
+                raise ValueError("a date's month or day is not in the calendar")
         else:
             raise TypeError("a date column takes a datetime.date or (year, month, day)")
         return (year & 0xFFFF_FFFF) | (month << 32) | (day << 40)
@@ -363,6 +383,8 @@ class Rows:
         day) tuple; timestamptz an aware `datetime` or an `int` of
         microseconds since the epoch; a PII column `masked(str)`,
         `pseudonymized(str)` or `clear(str)`."""
+        if type(table) is not int or not 0 <= table < len(self._encodings):
+            raise IndexError("a row's table is the index of a declared table")
         encodings = self._encodings[table]
         if len(values) != len(encodings):
             raise TypeError("a row needs one value per declared column")

@@ -4,6 +4,7 @@
 #
 #   scripts/build-python.sh transforms   every transform-wasm/NAME/app.py -> NAME.wasm
 #   scripts/build-python.sh fixtures     every host/tests/fixtures/NAME/app.py -> fixture_NAME.wasm
+#   scripts/build-python.sh one DIR OUT  DIR/app.py -> OUT (the tests' examples)
 #
 # Components land in target/wasm32-wasip2/release/ beside the Rust ones
 # ('-' in NAME becomes '_'), a transform's vectors.jsonl beside it as
@@ -14,14 +15,27 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 version="0.25.1"
-venv="$root/.data/componentize-py"
+mkdir -p "$root/.data"
+# The physical path: a venv's scripts name their interpreter by the path it
+# was made at, so one made through a symlink must not name the link.
+venv="$(cd -P "$root/.data" && pwd)/componentize-py"
 out="target/wasm32-wasip2/release"
 
 log() { printf '\033[1;34m[python]\033[0m %s\n' "$*" >&2; }
 
+installed() {
+    [ -x "$venv/bin/componentize-py" ] \
+        && [ "$("$venv/bin/componentize-py" --version 2>/dev/null)" = "componentize-py $version" ]
+}
+
 ensure_componentize_py() {
-    if [ -x "$venv/bin/componentize-py" ] \
-        && [ "$("$venv/bin/componentize-py" --version 2>/dev/null)" = "componentize-py $version" ]; then
+    installed && return
+    # One installer at a time (tests build in parallel); the others wait,
+    # then find it installed.
+    exec 9>"$venv.lock"
+    flock 9
+    if installed; then
+        exec 9>&-
         return
     fi
     log "installing componentize-py $version into .data/componentize-py"
@@ -33,6 +47,7 @@ ensure_componentize_py() {
         exit 1
     }
     "$venv/bin/pip" install -q --disable-pip-version-check "componentize-py==$version"
+    exec 9>&-
 }
 
 # What a component is built from, hashed: every file of its directory, the
@@ -92,6 +107,10 @@ case "${1:-}" in
             cp "$dir/vectors.jsonl" "$out/$name.vectors.jsonl"
         done
         ;;
+    one)
+        [ $# -eq 3 ] || { echo "usage: scripts/build-python.sh one DIR OUTPUT" >&2; exit 2; }
+        build "$2" "$3"
+        ;;
     fixtures)
         for app in host/tests/fixtures/*/app.py; do
             [ -e "$app" ] || continue
@@ -100,7 +119,7 @@ case "${1:-}" in
         done
         ;;
     *)
-        echo "usage: scripts/build-python.sh transforms|fixtures" >&2
+        echo "usage: scripts/build-python.sh transforms|fixtures|one DIR OUTPUT" >&2
         exit 2
         ;;
 esac

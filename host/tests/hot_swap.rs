@@ -170,16 +170,7 @@ async fn swapping_mid_stream_loses_nothing_and_refuses_a_broken_component() {
     );
 
     // Every message before the swap ran on v1, every one after on v2.
-    let digests: Vec<String> = db
-        .query(
-            "SELECT component_digest FROM maskpipe_processed ORDER BY processed_at, message_id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let digests = ledger_digests(&db).await;
     let first_v2 = digests
         .iter()
         .position(|d| *d == v2_digest)

@@ -23,18 +23,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::Digest;
 
-fn built(name: &str) -> PathBuf {
-    let path = component_path().with_file_name(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} missing: run `just build-transform build-fixtures`",
-        path.display()
-    );
-    path
-}
-
 fn python_reference() -> PathBuf {
-    built("python_reference")
+    fixture_path("python_reference")
 }
 
 async fn worker(component: &Path) -> Worker {
@@ -84,7 +74,7 @@ fn every_python_transform_passes_its_own_vectors() {
             continue;
         }
         let name = dir.file_name().unwrap().to_string_lossy().replace('-', "_");
-        maskpipe::vectors::assert_all_pass(&built(&name), &dir.join("vectors.jsonl"));
+        maskpipe::vectors::assert_all_pass(&fixture_path(&name), &dir.join("vectors.jsonl"));
         checked.push(name);
     }
     assert!(
@@ -613,7 +603,7 @@ async fn a_python_transform_reaches_no_file_and_no_network_and_keeps_working() {
     ]
     .into();
 
-    let mut escape = worker(&built("fixture_python_escape")).await;
+    let mut escape = worker(&fixture_path("fixture_python_escape")).await;
     let results = attempt(&mut escape, &attempts).await;
     // Each refused as a missing file or a denied socket would be, by the
     // WASI call itself (not by something missing in the component first).
@@ -746,26 +736,16 @@ async fn the_readmes_python_example_builds_and_writes_its_row() {
     );
 
     let out = temp_dir("maskpipe-signups").join("signups.wasm");
-    let built =
-        std::process::Command::new(repo_root().join(".data/componentize-py/bin/componentize-py"))
-            .current_dir(repo_root())
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .args([
-                "-d",
-                "wit",
-                "-w",
-                "transformer",
-                "componentize",
-                "-p",
-                "transform-wasm/kit/python",
-                "-p",
-            ])
-            .arg(&example_dir)
-            .arg("app")
-            .arg("-o")
-            .arg(&out)
-            .output()
-            .unwrap();
+    // As `just build-transform` builds Python (installing componentize-py
+    // first if this checkout has none yet).
+    let built = std::process::Command::new("bash")
+        .current_dir(repo_root())
+        .arg("scripts/build-python.sh")
+        .arg("one")
+        .arg(&example_dir)
+        .arg(&out)
+        .output()
+        .unwrap();
     assert!(
         built.status.success(),
         "{}",
@@ -832,7 +812,7 @@ async fn the_python_kit_packs_every_type_and_keeps_each_fault_to_its_message() {
         .iter()
         .map(|case| Received::local(case.replace(' ', "-"), *case, 0))
         .collect();
-    let mut probe = worker(&built("fixture_python_kit_probe")).await;
+    let mut probe = worker(&fixture_path("fixture_python_kit_probe")).await;
     let outcomes = probe.run(&messages).await.unwrap();
     // One call held every fault: none trapped (a trap recycles the
     // instance and retries the batch message by message).
@@ -1156,16 +1136,7 @@ async fn swapping_rust_python_rust_under_load_loses_nothing_and_compiles_off_the
     );
     deploy(&rust, &live);
     let back = async || {
-        let rows: Vec<String> = db
-            .query(
-                "SELECT component_digest FROM maskpipe_processed ORDER BY processed_at, message_id",
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+        let rows = ledger_digests(&db).await;
         let last_python = rows.iter().rposition(|digest| *digest == python_digest);
         last_python.map_or(0, |last| rows.len() - 1 - last)
     };
@@ -1210,21 +1181,16 @@ async fn swapping_rust_python_rust_under_load_loses_nothing_and_compiles_off_the
         "Rust and Python must mask the same ip identically"
     );
     // Three phases in the ledger: Rust, then Python, then Rust.
-    let phases: Vec<String> = db
-        .query(
-            "SELECT component_digest FROM maskpipe_processed ORDER BY processed_at, message_id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get::<_, String>(0))
-        .fold(Vec::new(), |mut phases, digest| {
-            if phases.last() != Some(&digest) {
-                phases.push(digest);
-            }
-            phases
-        });
+    let phases: Vec<String> =
+        ledger_digests(&db)
+            .await
+            .into_iter()
+            .fold(Vec::new(), |mut phases, digest| {
+                if phases.last() != Some(&digest) {
+                    phases.push(digest);
+                }
+                phases
+            });
     assert!(
         phases.len() >= 3
             && phases.first() == Some(&rust_digest)

@@ -268,6 +268,20 @@ pub fn login_numbered(tag: &str, n: usize) -> String {
         )
 }
 
+/// Every message's component digest in the ledger, in the order they were
+/// committed.
+pub async fn ledger_digests(db: &tokio_postgres::Client) -> Vec<String> {
+    db.query(
+        "SELECT component_digest FROM maskpipe_processed ORDER BY processed_at, message_id",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| row.get(0))
+    .collect()
+}
+
 /// Continuous load for the hot swap tests: ten messages every 20 ms, the
 /// `n`th made by `body(n)`, until stopped.
 pub struct ContinuousLoad {

@@ -13,7 +13,10 @@ use clap::Args;
 use zeroize::Zeroizing;
 
 use crate::masking::{Keyring, MasterKey, parse_retired_keys};
-use crate::pipeline::Settings;
+use crate::pipeline::{
+    DEFAULT_COMMIT_MESSAGES, DEFAULT_COMMIT_WINDOW, DEFAULT_MAX_IN_FLIGHT_MIB, DEFAULT_WRITERS,
+    Settings,
+};
 use crate::runtime::Limits;
 use crate::sink::Database;
 use crate::source::{MAX_BATCH, MAX_WAIT_SECONDS};
@@ -155,11 +158,44 @@ pub struct RunArgs {
     #[arg(long, env = "MASKPIPE_TRANSFORM", value_name = "PATH")]
     pub transform: PathBuf,
 
-    /// Concurrent pollers: each receives, transforms, writes and deletes one
-    /// batch at a time with its own wasm instance and database connection.
+    /// Receives kept in flight at once: each poller hands its batch on and
+    /// polls again at once. Raise it when SQS is far away (each receive
+    /// waits a round trip).
     #[arg(long, env = "MASKPIPE_POLLERS", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub pollers: u16,
+
+    /// Wasm instances running batches at once; default: one per CPU (at
+    /// most 8).
+    #[arg(long, env = "MASKPIPE_TRANSFORMERS",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub transformers: Option<u16>,
+
+    /// Database connections committing at once, each one transaction at a
+    /// time.
+    #[arg(long, env = "MASKPIPE_WRITERS", default_value_t = DEFAULT_WRITERS as u16,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub writers: u16,
+
+    /// Most messages one transaction holds: a commit takes the batches
+    /// waiting for it, and waits for more up to the commit window, until it
+    /// holds this many.
+    #[arg(long, env = "MASKPIPE_COMMIT_MESSAGES", default_value_t = DEFAULT_COMMIT_MESSAGES as u32,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub commit_messages: u32,
+
+    /// Milliseconds a commit waits for more batches before it writes (like
+    /// Lambda's batching window): the most latency coalescing adds. 0 writes
+    /// what is waiting at once.
+    #[arg(long, env = "MASKPIPE_COMMIT_WINDOW_MS", default_value_t = DEFAULT_COMMIT_WINDOW.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub commit_window_ms: u64,
+
+    /// Memory the messages in flight may hold, in MiB; a poller waits for
+    /// room before it hands a batch on (and polls again).
+    #[arg(long, env = "MASKPIPE_MAX_IN_FLIGHT_MIB", default_value_t = DEFAULT_MAX_IN_FLIGHT_MIB,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_in_flight_mib: u32,
 
     /// Messages per receive (SQS allows at most 10).
     #[arg(long, env = "MASKPIPE_BATCH_SIZE", default_value_t = 10,
@@ -223,7 +259,7 @@ pub struct RunArgs {
     #[arg(long, env = "MASKPIPE_PROGRESS_SECONDS", default_value_t = 5)]
     pub progress_seconds: u64,
 
-    /// Testing only: the first N batches received make their poller panic
+    /// Testing only: the first N batches received make their receiver panic
     /// (the supervisor's tests).
     #[arg(
         long,
@@ -235,6 +271,11 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub keys: KeyArgs,
+}
+
+/// One wasm instance per CPU: transforms are CPU work.
+fn default_transformers() -> usize {
+    std::thread::available_parallelism().map_or(2, |cpus| cpus.get().min(8))
 }
 
 /// Where compiled components are kept: shared by `run` and the author's
@@ -286,6 +327,13 @@ impl RunArgs {
         }
         Ok(Settings {
             pollers: self.pollers.into(),
+            transformers: self
+                .transformers
+                .map_or_else(default_transformers, usize::from),
+            writers: self.writers.into(),
+            commit_messages: self.commit_messages as usize,
+            commit_window: Duration::from_millis(self.commit_window_ms),
+            max_in_flight_mib: self.max_in_flight_mib,
             batch_size: self.batch_size.into(),
             wait_seconds: self.wait_seconds.into(),
             database: Database::new(self.database_url.expose(), self.database_ca.as_deref())?

@@ -32,6 +32,7 @@ pub const DEAD_LETTERS: &str = "maskpipe_dead_letters_total";
 pub const DELETES_FAILED: &str = "maskpipe_deletes_failed_total";
 pub const TRANSFORM_SECONDS: &str = "maskpipe_transform_seconds";
 pub const COMMIT_SECONDS: &str = "maskpipe_batch_commit_seconds";
+pub const COMMIT_MESSAGES: &str = "maskpipe_commit_messages";
 pub const QUEUE_MESSAGES: &str = "maskpipe_queue_messages";
 pub const TRANSFORM_INFO: &str = "maskpipe_transform_info";
 pub const SWAPS: &str = "maskpipe_transform_swaps_total";
@@ -83,7 +84,11 @@ pub fn install_recorder() -> Result<PrometheusHandle> {
     metrics::describe_histogram!(
         COMMIT_SECONDS,
         metrics::Unit::Seconds,
-        "Write-and-commit time of one batch"
+        "Write-and-commit time of one transaction (several receive batches, coalesced)"
+    );
+    metrics::describe_histogram!(
+        COMMIT_MESSAGES,
+        "Messages written by one transaction (receive batches coalesced)"
     );
     metrics::describe_gauge!(
         QUEUE_MESSAGES,
@@ -96,7 +101,7 @@ pub fn install_recorder() -> Result<PrometheusHandle> {
     metrics::describe_counter!(SWAPS, "Transform hot swaps, by result");
     metrics::describe_counter!(
         POLLER_RESTARTS,
-        "Pollers that failed and were restarted by the supervisor"
+        "Pipeline tasks (receivers, transformers, committers, deleters) that failed and were restarted by the supervisor"
     );
     metrics::describe_counter!(
         LEDGER_PRUNED,

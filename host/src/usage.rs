@@ -8,7 +8,7 @@
 //! figure counts only the CPU used while at least one batch was being
 //! processed ([`BusyCpu`]).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// This process's CPU time (user + system, seconds).
 pub fn cpu_seconds() -> Option<f64> {
@@ -93,12 +93,15 @@ impl BusyState {
 
 impl BusyCpu {
     /// A batch starts; the returned guard ends it when dropped (also when
-    /// its poller panics, so a failed batch cannot keep the meter running).
-    pub fn batch(&self) -> BusyBatch<'_> {
+    /// the stage holding it panics, so a failed batch cannot keep the meter
+    /// running). It owns its meter: a batch moves from stage to stage.
+    pub fn batch(self: &Arc<Self>) -> BusyBatch {
         if let Some(now) = cpu_seconds() {
             self.lock().enter(now);
         }
-        BusyBatch { meter: self }
+        BusyBatch {
+            meter: Arc::clone(self),
+        }
     }
 
     /// CPU seconds used while batches were in flight, so far.
@@ -115,11 +118,11 @@ impl BusyCpu {
 }
 
 /// One batch in flight; see [`BusyCpu::batch`].
-pub struct BusyBatch<'a> {
-    meter: &'a BusyCpu,
+pub struct BusyBatch {
+    meter: Arc<BusyCpu>,
 }
 
-impl Drop for BusyBatch<'_> {
+impl Drop for BusyBatch {
     fn drop(&mut self) {
         if let Some(now) = cpu_seconds() {
             self.meter.lock().leave(now);
@@ -161,7 +164,7 @@ mod tests {
 
     #[test]
     fn a_guard_ends_its_batch_even_when_dropped_by_a_panic() {
-        let meter = BusyCpu::default();
+        let meter = Arc::new(BusyCpu::default());
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _batch = meter.batch();
             panic!("a poller failing mid-batch");
@@ -193,7 +196,7 @@ mod tests {
             }
             std::hint::black_box(x);
         }
-        let meter = BusyCpu::default();
+        let meter = Arc::new(BusyCpu::default());
         burn(0.3); // outside any batch: not counted
         {
             let _batch = meter.batch();

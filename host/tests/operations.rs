@@ -143,23 +143,41 @@ async fn readiness_follows_the_database() {
     let private = PrivateStack::new(3);
     private.stack("postgres-up");
     let queue = fresh_queue().await;
-    let (mut host, addr, _log) =
-        host_with_metrics(queue.queue_url(), &private.database_url()).await;
+    let (mut host, addr, log) = host_with_metrics(queue.queue_url(), &private.database_url()).await;
     assert_eq!(get(&addr, "/readyz").await.0, 200);
+    // The probes answer from before the pipeline's startup ends: stopping
+    // PostgreSQL before it has made the tables would fail the startup, as
+    // it should, instead of testing readiness.
+    wait_for("the host's startup", Duration::from_secs(60), async || {
+        try_count(
+            &private.database_url(),
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'user_logins'",
+        )
+        .await
+            == 1
+    })
+    .await;
 
     private.stack("postgres-down");
     // On a loaded machine one probe can outlast curl's 10 s (its SQS check
     // alone may take its 3 s): ask until an answer comes.
     let mut answer = (0, String::new());
+    let mut exited = None;
     wait_for(
         "an answer from /readyz",
         Duration::from_secs(60),
         async || {
             answer = get(&addr, "/readyz").await;
-            answer.0 != 0
+            exited = host.try_wait().unwrap();
+            answer.0 != 0 || exited.is_some()
         },
     )
     .await;
+    if let Some(status) = exited {
+        let log = log.await.unwrap();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        panic!("the host exited ({status}) while PostgreSQL was down: {tail:#?}");
+    }
     let (status, readiness) = answer;
     assert_eq!(status, 503, "{readiness}");
     assert!(

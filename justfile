@@ -71,9 +71,9 @@ test-transform component *vectors:
 # Build the component and the host.
 build: build-transform host
 
-# Build the host alone.
+# Build the host (and the benchmark binary, bench/, a small crate on top of it).
 host:
-    @cargo build --release --quiet -p maskpipe
+    @cargo build --release --quiet -p maskpipe -p maskpipe-bench
 
 # Run the full stack: seed login-queue with the sample once, then consume it (Ctrl-C to stop; --drain to exit when empty).
 run *args: up build
@@ -173,7 +173,7 @@ mutants *args: up build-transform build-fixtures
 readme-commands: up build
     scripts/readme-commands.sh
 
-# The benchmark suite: transform (wasm vs native), sink, end to end vs a no-op consumer, sweeps. Writes target/bench/summary.json and report.md.
+# The benchmark suite (bench/): transform (wasm vs native), sink (throwaway and durable PostgreSQL), end to end vs a no-op consumer, end to end 10 ms from SQS vs a receive-only consumer, sweeps. Writes target/bench/summary.json and report.md.
 bench *args: up build
     ./target/release/maskpipe-bench "$@"
 

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The local stack without Docker: a throwaway PostgreSQL 15 cluster and
 # LocalStack's SQS, both on 127.0.0.1, both living under .data/ (git-ignored).
+# Beside them, for the benchmarks alone (`just bench`), a second, durable
+# PostgreSQL cluster (fsync, synchronous_commit and full_page_writes on, as
+# in production; the first has them off for speed) in .data/pg-durable.
 #
-#   scripts/stack.sh up      install what is missing, start both (idempotent)
-#   scripts/stack.sh down    stop both
+#   scripts/stack.sh up      install what is missing, start them all (idempotent)
+#   scripts/stack.sh down    stop them all
 #   scripts/stack.sh status  say what runs
 #
 # Every step checks before it acts, so `up` on a running stack is a no-op and
@@ -16,6 +19,16 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 data="${MASKPIPE_STACK_DIR:-$root/.data}"
 pg_dir="$data/pg"
 pg_port="${MASKPIPE_PG_PORT:-25432}"
+pg_durable_dir="$data/pg-durable"
+pg_durable_port="${MASKPIPE_PG_DURABLE_PORT:-25433}"
+# The durable cluster belongs to the shared stack: a private instance (a
+# fault test's, with its own MASKPIPE_STACK_DIR) starts one only when given
+# a port of its own, so it never reaches for the shared stack's.
+if [ -z "${MASKPIPE_STACK_DIR:-}" ] || [ -n "${MASKPIPE_PG_DURABLE_PORT:-}" ]; then
+    want_durable=1
+else
+    want_durable=0
+fi
 ls_port="${MASKPIPE_SQS_PORT:-4566}"
 venv="$root/.data/localstack-venv"
 
@@ -56,37 +69,70 @@ as_pg() {
     fi
 }
 
-postgres_up() {
-    ensure_postgres_installed
+# pg_cluster_up DIR PORT LABEL INITDB_FLAGS SETTINGS: initialise (once) and
+# start (unless running) one cluster.
+pg_cluster_up() {
+    local dir="$1" port="$2" label="$3" initdb_flags="$4" settings="$5"
     local bin; bin="$(pg_bin)"
     mkdir -p "$data"
-    if [ ! -f "$pg_dir/PG_VERSION" ]; then
-        log "initialising PostgreSQL cluster in .data/pg"
-        mkdir -p "$pg_dir"
-        [ "$(id -u)" = 0 ] && chown postgres: "$pg_dir" && chmod 755 "$data"
-        as_pg "$bin/initdb" -D "$pg_dir" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
+    if [ ! -f "$dir/PG_VERSION" ]; then
+        log "initialising $label cluster in ${dir#"$root"/}"
+        mkdir -p "$dir"
+        [ "$(id -u)" = 0 ] && chown postgres: "$dir" && chmod 755 "$data"
+        # shellcheck disable=SC2086 # the flags are words
+        as_pg "$bin/initdb" -D "$dir" -U postgres -A trust -E UTF8 --locale=C.UTF-8 $initdb_flags >/dev/null
     fi
-    if as_pg "$bin/pg_ctl" -D "$pg_dir" status >/dev/null 2>&1; then
-        log "PostgreSQL already running on 127.0.0.1:$pg_port"
+    if as_pg "$bin/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
+        log "$label already running on 127.0.0.1:$port"
     else
-        log "starting PostgreSQL on 127.0.0.1:$pg_port"
-        as_pg "$bin/pg_ctl" -D "$pg_dir" -l "$pg_dir/server.log" -w -t 60 \
-            -o "-p $pg_port -c listen_addresses=127.0.0.1 -k $pg_dir -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
-            start >/dev/null || { tail -20 "$pg_dir/server.log" >&2; die "PostgreSQL did not start"; }
+        log "starting $label on 127.0.0.1:$port"
+        as_pg "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 \
+            -o "-p $port -c listen_addresses=127.0.0.1 -k $dir -c max_connections=200 $settings" \
+            start >/dev/null || { tail -20 "$dir/server.log" >&2; die "$label did not start"; }
     fi
+}
+
+pg_cluster_down() {
+    local dir="$1" label="$2" bin
+    bin="$(pg_bin)" || return 0
+    if [ -f "$dir/PG_VERSION" ] && as_pg "$bin/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
+        log "stopping $label"
+        as_pg "$bin/pg_ctl" -D "$dir" -m fast -w stop >/dev/null
+    fi
+}
+
+pg_cluster_running() {
+    local bin
+    bin="$(pg_bin 2>/dev/null)" || return 1
+    [ -f "$1/PG_VERSION" ] && as_pg "$bin/pg_ctl" -D "$1" status >/dev/null 2>&1
+}
+
+postgres_up() {
+    ensure_postgres_installed
+    # Throwaway: nothing is flushed to disk (a crash of the machine loses it).
+    pg_cluster_up "$pg_dir" "$pg_port" PostgreSQL --no-sync \
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     # `maskpipe` is the demo database; tests create their own.
     if ! psql_local -tAc "select 1 from pg_database where datname = 'maskpipe'" | grep -q 1; then
         psql_local -qc "create database maskpipe" >/dev/null
     fi
 }
 
+# The benchmarks' durable cluster: every commit waits for its WAL flush, as
+# a production database's does. No database of its own: the bench creates
+# (and drops) one per run.
+durable_up() {
+    ensure_postgres_installed
+    pg_cluster_up "$pg_durable_dir" "$pg_durable_port" "durable PostgreSQL" "" \
+        "-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
+}
+
 postgres_down() {
-    local bin
-    bin="$(pg_bin)" || return 0
-    if [ -f "$pg_dir/PG_VERSION" ] && as_pg "$bin/pg_ctl" -D "$pg_dir" status >/dev/null 2>&1; then
-        log "stopping PostgreSQL"
-        as_pg "$bin/pg_ctl" -D "$pg_dir" -m fast -w stop >/dev/null
-    fi
+    pg_cluster_down "$pg_dir" PostgreSQL
+}
+
+durable_down() {
+    pg_cluster_down "$pg_durable_dir" "durable PostgreSQL"
 }
 
 psql_local() {
@@ -178,20 +224,30 @@ localstack_down() {
 # --------------------------------------------------------------------- main
 
 case "${1:-}" in
-    up) postgres_up; localstack_up ;;
-    down) localstack_down; postgres_down ;;
+    up) postgres_up; if [ "$want_durable" = 1 ]; then durable_up; fi; localstack_up ;;
+    # Stops a durable cluster whatever started it.
+    down) localstack_down; durable_down; postgres_down ;;
     postgres-up) postgres_up ;;
     postgres-down) postgres_down ;;
+    durable-up)
+        [ "$want_durable" = 1 ] || die "a private stack (MASKPIPE_STACK_DIR) needs MASKPIPE_PG_DURABLE_PORT for a durable cluster"
+        durable_up
+        ;;
+    durable-down) durable_down ;;
     sqs-up) localstack_up ;;
     sqs-down) localstack_down ;;
     status)
-        bin="$(pg_bin 2>/dev/null)" || true
-        if [ -n "${bin:-}" ] && [ -f "$pg_dir/PG_VERSION" ] && as_pg "$bin/pg_ctl" -D "$pg_dir" status >/dev/null 2>&1; then
+        if pg_cluster_running "$pg_dir"; then
             echo "postgres: running on 127.0.0.1:$pg_port"
         else
             echo "postgres: stopped"
         fi
+        if pg_cluster_running "$pg_durable_dir"; then
+            echo "postgres (durable, for the bench): running on 127.0.0.1:$pg_durable_port"
+        elif [ "$want_durable" = 1 ]; then
+            echo "postgres (durable, for the bench): stopped"
+        fi
         if localstack_healthy; then echo "sqs: running on 127.0.0.1:$ls_port"; else echo "sqs: stopped"; fi
         ;;
-    *) echo "usage: $0 up|down|status|postgres-up|postgres-down|sqs-up|sqs-down" >&2; exit 2 ;;
+    *) echo "usage: $0 up|down|status|postgres-up|postgres-down|durable-up|durable-down|sqs-up|sqs-down" >&2; exit 2 ;;
 esac

@@ -6,7 +6,7 @@
 //! for its own CPU: the comparison then measures scheduler luck, not the
 //! consumer. So, as load tests put the load generator and the server on
 //! separate cores: LocalStack on CPU 0, everything else (this process, the
-//! hosts it starts, PostgreSQL) on the other CPUs. Both the no-op consumer
+//! hosts it starts, PostgreSQL: both clusters) on the other CPUs. Both the no-op consumer
 //! and maskpipe run under the same split. Dropping the guard gives
 //! LocalStack and PostgreSQL every CPU back.
 
@@ -17,7 +17,8 @@ use anyhow::{Context, Result, bail};
 /// The processes pinned, to be given every CPU back on drop.
 pub struct ServerCore {
     localstack: i32,
-    postmaster: i32,
+    /// The throwaway cluster's, and the durable one's when it runs.
+    postmasters: Vec<i32>,
     all: Vec<usize>,
 }
 
@@ -30,15 +31,23 @@ impl ServerCore {
             bail!("one CPU only: nothing to split");
         }
         let localstack = read_pid(&stack_dir.join("localstack/pid"))?;
-        let postmaster = read_pid(&stack_dir.join("pg/postmaster.pid"))?;
+        let mut postmasters = vec![read_pid(&stack_dir.join("pg/postmaster.pid"))?];
+        // The durable cluster when it runs (a stale pid file is ignored).
+        if let Ok(durable) = read_pid(&stack_dir.join("pg-durable/postmaster.pid"))
+            && Path::new(&format!("/proc/{durable}")).exists()
+        {
+            postmasters.push(durable);
+        }
         let pinned = Self {
             localstack,
-            postmaster,
+            postmasters,
             all,
         };
         let (server, rest) = pinned.all.split_at(1);
         set_process(localstack, server)?;
-        set_process_tree(postmaster, rest)?;
+        for &postmaster in &pinned.postmasters {
+            set_process_tree(postmaster, rest)?;
+        }
         set_process(std::process::id() as i32, rest)?;
         Ok(pinned)
     }
@@ -56,7 +65,9 @@ impl Drop for ServerCore {
     fn drop(&mut self) {
         // Best effort: a server that exited meanwhile has nothing to restore.
         let _ = set_process(self.localstack, &self.all);
-        let _ = set_process_tree(self.postmaster, &self.all);
+        for &postmaster in &self.postmasters {
+            let _ = set_process_tree(postmaster, &self.all);
+        }
         let _ = set_process(std::process::id() as i32, &self.all);
     }
 }

@@ -24,7 +24,8 @@ use anyhow::Result;
 use maskpipe::masking::Keyring;
 use maskpipe::runtime::{self, Limits, Transform};
 
-use super::{Report, Stats, generate, received};
+use crate::data::{generate, received};
+use crate::report::{Report, Stats};
 
 const MESSAGES: usize = 20_000;
 

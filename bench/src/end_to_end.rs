@@ -58,6 +58,8 @@ pub(crate) async fn bench(
     let (mut host, mut noop, mut ratio, mut cpu, mut rss) =
         (vec![], vec![], vec![], vec![], vec![]);
     let mut noop_cpu = vec![];
+    // Host CPU per message less the no-op consumer's, run by run.
+    let mut cpu_over_noop = vec![];
     let (mut durable, mut durable_cpu, mut durable_ratio) = (vec![], vec![], vec![]);
     for run in 0..args.runs {
         // Alternate who goes first, so a server that drifts during the run
@@ -85,6 +87,7 @@ pub(crate) async fn bench(
             );
             noop_rate = Some(rate);
             noop_cpu.push(noop_cpu_per_msg);
+            cpu_over_noop.push(host_run.cpu_us_per_msg - noop_cpu_per_msg);
             host.push(host_run.msgs_per_s);
             noop.push(rate);
             ratio.push(host_run.msgs_per_s / rate);
@@ -116,7 +119,9 @@ pub(crate) async fn bench(
             Stats::of(rss),
         );
         let noop_cpu = Stats::of(noop_cpu);
+        let cpu_over_noop = Stats::of(cpu_over_noop);
         report.figure("noop_cpu_us_per_msg", noop_cpu);
+        report.figure("host_cpu_over_noop_us_per_msg", cpu_over_noop);
         report.figure("e2e_msgs_per_s", host);
         report.figure("noop_msgs_per_s", noop);
         report.figure("e2e_over_noop", ratio);
@@ -128,6 +133,7 @@ pub(crate) async fn bench(
             ratio.row("maskpipe / no-op", "×"),
             cpu.row("host CPU (user + sys)", "µs/msg"),
             noop_cpu.row("no-op consumer CPU (its floor)", "µs/msg"),
+            cpu_over_noop.row("host CPU less the no-op consumer's (same run)", "µs/msg"),
             rss.row("host peak RSS", "MiB"),
         ]);
     }

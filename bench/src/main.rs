@@ -195,7 +195,7 @@ async fn run(args: Args) -> Result<()> {
             key: "sink_rows_per_s",
             label: "as the pipeline writes, throwaway cluster",
             admin_url: &admin_url,
-            shape: sink::PIPELINE,
+            shape: sink::pipeline_shape(),
         });
         sinks.push(sink::Target {
             key: "sink_batch10_rows_per_s",
@@ -209,7 +209,7 @@ async fn run(args: Args) -> Result<()> {
             key: "sink_durable_rows_per_s",
             label: "as the pipeline writes, durable cluster",
             admin_url: &durable_url,
-            shape: sink::PIPELINE,
+            shape: sink::pipeline_shape(),
         });
         sinks.push(sink::Target {
             key: "sink_durable_batch10_rows_per_s",

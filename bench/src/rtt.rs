@@ -33,7 +33,7 @@ use maskpipe::source::SqsSource;
 use serde_json::json;
 
 use crate::Args;
-use crate::consumers::{Host, host_once_with};
+use crate::consumers::{Host, host_once_with, noop_drain};
 use crate::data::generate;
 use crate::report::{Report, Stats};
 use crate::stack::{fresh_queue, preload};
@@ -70,6 +70,9 @@ pub(crate) async fn bench(
         endpoint: Some(proxy.endpoint()),
     };
     let (mut hosts, mut receive_only, mut ratios) = (vec![], vec![], vec![]);
+    // Receive + delete at the same concurrency through the same proxy: the
+    // floor of a consumer that deletes what it takes, as maskpipe must.
+    let (mut noops, mut noop_ratios) = (vec![], vec![]);
     let (mut host_carried, mut receive_carried) = (Carried::default(), Carried::default());
     for run in 0..args.runs {
         // Alternate who goes first, as in stage 3.
@@ -94,8 +97,11 @@ pub(crate) async fn bench(
             host_run.context("the host did not run")?,
             receive_run.context("the receive-only consumer did not run")?,
         );
+        let noop_rate = noop_once_through(&proxy, &bodies, concurrency).await?;
+        noops.push(noop_rate);
+        noop_ratios.push(host_run.msgs_per_s / noop_rate);
         eprintln!(
-            "rtt {ms} ms, run {}: maskpipe {:.0} msgs/s, receive-only {:.0} msgs/s, ratio {:.3}",
+            "rtt {ms} ms, run {}: maskpipe {:.0} msgs/s, receive-only {:.0} msgs/s, ratio {:.3}; receive + delete {noop_rate:.0} msgs/s",
             run + 1,
             host_run.msgs_per_s,
             receive_rate,
@@ -107,6 +113,9 @@ pub(crate) async fn bench(
     }
     let (hosts, receive_only, ratios) =
         (Stats::of(hosts), Stats::of(receive_only), Stats::of(ratios));
+    let (noops, noop_ratios) = (Stats::of(noops), Stats::of(noop_ratios));
+    report.figure(&format!("noop_rtt{ms}_msgs_per_s"), noops);
+    report.figure(&format!("e2e_rtt{ms}_over_noop"), noop_ratios);
     report.figure(&format!("e2e_rtt{ms}_msgs_per_s"), hosts);
     report.figure(&format!("receive_only_rtt{ms}_msgs_per_s"), receive_only);
     report.figure(&format!("e2e_rtt{ms}_over_receive_only"), ratios);
@@ -118,11 +127,13 @@ pub(crate) async fn bench(
         .summary
         .insert("rtt_consumers".into(), json!(concurrency));
     report.markdown.push(format!(
-        "### 3b. End to end {ms} ms from SQS ({} messages preloaded in LocalStack behind a delay proxy adding {ms} ms to every request; maskpipe at its default settings vs a receive-only consumer of {concurrency} tasks, {chosen})\n\n| figure | min | median | max | unit |\n|---|---|---|---|---|\n{}\n{}\n{}\n\nThrough the proxy in the last run: maskpipe {}, the receive-only consumer {}.\n",
+        "### 3b. End to end {ms} ms from SQS ({} messages preloaded in LocalStack behind a delay proxy adding {ms} ms to every request; maskpipe at its default settings vs a receive-only consumer of {concurrency} tasks, {chosen})\n\n| figure | min | median | max | unit |\n|---|---|---|---|---|\n{}\n{}\n{}\n{}\n{}\n\nThrough the proxy in the last run: maskpipe {}, the receive-only consumer {}.\n",
         args.rtt_messages,
         hosts.row("maskpipe drain", "msgs/s"),
         receive_only.row("receive-only consumer", "msgs/s"),
         ratios.row("maskpipe / receive-only", "×"),
+        noops.row("receive + delete (no-op consumer, same tasks)", "msgs/s"),
+        noop_ratios.row("maskpipe / receive + delete", "×"),
         describe(host_carried),
         describe(receive_carried),
     ));
@@ -194,6 +205,24 @@ async fn receive_only_once(
     let carried = proxy.carried() - before;
     queue.delete_queue().await?;
     Ok((received?, carried))
+}
+
+/// The no-op consumer (receive + delete, stage 3's) through the proxy, on
+/// a fresh queue holding `bodies`; msgs/s.
+async fn noop_once_through(proxy: &DelayProxy, bodies: &[String], consumers: usize) -> Result<f64> {
+    let direct = fresh_queue("noop-rtt").await?;
+    preload(&direct, bodies).await?;
+    let name = direct
+        .queue_url()
+        .rsplit('/')
+        .next()
+        .context("a queue URL without a name")?;
+    let queue = SqsSource::create_with(SqsSource::client_at(&proxy.endpoint()).await, name)
+        .await?
+        .0;
+    let drained = noop_drain(&queue, consumers).await;
+    direct.delete_queue().await?;
+    Ok(drained?.0)
 }
 
 /// `consumers` tasks receiving (and nothing else) through the proxy until

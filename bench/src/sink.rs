@@ -33,11 +33,22 @@ pub(crate) struct Shape {
     pub(crate) connections: usize,
 }
 
-/// As the pipeline writes by default.
-pub(crate) const PIPELINE: Shape = Shape {
-    per_transaction: DEFAULT_COMMIT_MESSAGES,
-    connections: DEFAULT_WRITERS,
-};
+/// As the pipeline writes: its defaults, or what `MASKPIPE_COMMIT_MESSAGES`
+/// and `MASKPIPE_WRITERS` say (the host's own settings), so a sink run can
+/// try the settings a deployment would use.
+pub(crate) fn pipeline_shape() -> Shape {
+    let setting = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .filter(|&value| value > 0)
+            .unwrap_or(default)
+    };
+    Shape {
+        per_transaction: setting("MASKPIPE_COMMIT_MESSAGES", DEFAULT_COMMIT_MESSAGES),
+        connections: setting("MASKPIPE_WRITERS", DEFAULT_WRITERS),
+    }
+}
 
 /// As the pipeline wrote before it coalesced receives: one transaction per
 /// receive of 10, one connection per poller (4).
@@ -94,11 +105,11 @@ pub(crate) async fn bench(
     }
     report.summary.insert(
         "sink_commit_messages".into(),
-        serde_json::json!(PIPELINE.per_transaction),
+        serde_json::json!(pipeline_shape().per_transaction),
     );
     report.summary.insert(
         "sink_writers".into(),
-        serde_json::json!(PIPELINE.connections),
+        serde_json::json!(pipeline_shape().connections),
     );
     report.markdown.push(format!(
         "### 2. Sink (PostgreSQL 15 on 127.0.0.1, ledger + dead letters, {SINK_ROWS} rows a run; throwaway = fsync, synchronous_commit, full_page_writes off; durable = on)\n\n| figure | min | median | max | unit |\n|---|---|---|---|---|\n{}\n",
@@ -141,15 +152,15 @@ pub(crate) async fn bench_full_ledger(
     );
     let mut rates = Vec::new();
     for run in 0..args.runs {
-        rates.push(sink_once(&url, run, PIPELINE, &messages, &outcomes, keyring).await?);
+        rates.push(sink_once(&url, run, pipeline_shape(), &messages, &outcomes, keyring).await?);
     }
     drop_database(admin_url, &database).await?;
     let rate = Stats::of(rates);
     report.figure("sink_full_ledger_rows_per_s", rate);
     report.markdown.push(format!(
         "### 2b. Sink with a full ledger (as 2, {} messages a transaction over {} connections, against a ledger pre-filled with {} rows in {fill_seconds:.0} s)\n\n| figure | min | median | max | unit |\n|---|---|---|---|---|\n{}\n",
-        PIPELINE.per_transaction,
-        PIPELINE.connections,
+        pipeline_shape().per_transaction,
+        pipeline_shape().connections,
         args.ledger_rows,
         rate.row("rows written", "rows/s")
     ));

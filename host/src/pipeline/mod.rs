@@ -105,7 +105,7 @@ impl Settings {
     }
 
     fn deleters(&self) -> usize {
-        2 * self.pollers.max(2)
+        self.pollers.max(2)
     }
 }
 

@@ -304,12 +304,33 @@ pub async fn compare(
     Ok(rows)
 }
 
-/// Every client in [`Client::ALL`], `runs` interleaved rounds: the rows and
-/// their markdown table. What `maskpipe-bench` calls.
-pub async fn report(consumers: usize, messages: usize, runs: usize) -> Result<(Vec<Row>, String)> {
-    let rows = compare(&Client::ALL, consumers, messages, runs).await?;
-    let table = markdown(&rows, consumers, messages);
-    Ok((rows, table))
+/// Messages each client drains per run.
+const FLOOR_MESSAGES: usize = 10_000;
+
+/// `clients`, `runs` interleaved rounds, into the report: each client's
+/// median CPU per message (`sqs_client_*_cpu_us_per_msg`) and the table.
+pub(crate) async fn bench(
+    clients: &[Client],
+    consumers: usize,
+    runs: usize,
+    report: &mut crate::report::Report,
+) -> Result<()> {
+    let rows = compare(clients, consumers, FLOOR_MESSAGES, runs).await?;
+    for row in &rows {
+        let key = match row.client {
+            Client::Maskpipe => "sqs_client_sdk_cpu_us_per_msg".to_owned(),
+            Client::Minimal => "sqs_client_minimal_cpu_us_per_msg".to_owned(),
+            Client::Sdk(tweak) => format!("sqs_client_sdk_{tweak:?}_cpu_us_per_msg").to_lowercase(),
+        };
+        report
+            .summary
+            .insert(key, serde_json::json!(row.median_cpu_us_per_msg()));
+    }
+    report.markdown.push(format!(
+        "### 6. The SQS client's floor (receive + delete only, this process's CPU)\n\n{}",
+        markdown(&rows, consumers, FLOOR_MESSAGES)
+    ));
+    Ok(())
 }
 
 /// A markdown table of [`compare`]'s rows.

@@ -42,6 +42,7 @@
 mod consumers;
 mod data;
 mod end_to_end;
+mod floor;
 mod pinning;
 mod python;
 mod report;
@@ -124,6 +125,12 @@ pub(crate) enum Stage {
     EndToEndDurable,
     /// maskpipe vs a receive-only consumer, SQS behind a delay proxy.
     Rtt,
+    /// The SQS client's floor: the SDK as maskpipe configures it vs a
+    /// minimal HTTP/1.1 client on the same two requests.
+    SqsClient,
+    /// The same, with each SDK setting priced on its own (minutes; only
+    /// with `--only`).
+    SqsClientSettings,
 }
 
 pub(crate) const BENCH_KEY: &str =
@@ -235,7 +242,8 @@ async fn run(args: Args) -> Result<()> {
     let end_to_end = consumers.fast || consumers.durable.is_some();
     let rtt = wanted(Stage::Rtt);
     let sweeping = !args.no_sweeps && args.only.is_none();
-    if end_to_end || rtt || sweeping {
+    let floor = wanted(Stage::SqsClient) || args.only == Some(Stage::SqsClientSettings);
+    if end_to_end || rtt || sweeping || floor {
         let _pinned = end_to_end::pin(&args, &mut report);
         if end_to_end {
             let started = Instant::now();
@@ -246,6 +254,16 @@ async fn run(args: Args) -> Result<()> {
             let started = Instant::now();
             rtt::bench(&args, &component, &admin_url, &mut report).await?;
             stages.took("rtt", started);
+        }
+        if floor {
+            let started = Instant::now();
+            let clients: &[floor::Client] = if args.only == Some(Stage::SqsClientSettings) {
+                &floor::Client::ALL
+            } else {
+                &[floor::Client::Maskpipe, floor::Client::Minimal]
+            };
+            floor::bench(clients, args.pollers, args.runs, &mut report).await?;
+            stages.took("sqs_client", started);
         }
         if sweeping {
             let started = Instant::now();

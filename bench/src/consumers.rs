@@ -83,7 +83,7 @@ async fn host_drain(
     let started = Instant::now();
     let mut children = Vec::new();
     for _ in 0..replicas {
-        let mut command = tokio::process::Command::new("target/release/maskpipe");
+        let mut command = tokio::process::Command::new(host_binary());
         command
             .args([
                 "run",
@@ -215,4 +215,12 @@ pub(crate) async fn noop_drain(queue: &SqsSource, consumers: usize) -> Result<(f
     };
     let cpu_us_per_msg = (cpu_seconds() - cpu_before) * 1e6 / count as f64;
     Ok((count as f64 / seconds, cpu_us_per_msg))
+}
+
+/// The `maskpipe` binary the end-to-end stages run: `target/release/maskpipe`,
+/// or `MASKPIPE_BENCH_HOST` (to measure an earlier build in the same run,
+/// for a before/after).
+pub(crate) fn host_binary() -> std::path::PathBuf {
+    std::env::var_os("MASKPIPE_BENCH_HOST")
+        .map_or_else(|| "target/release/maskpipe".into(), Into::into)
 }

@@ -143,7 +143,7 @@ pub(crate) async fn bench(
 /// The host's default pollers, from its own `--help` (so the figure follows
 /// the binary measured, whatever its default becomes).
 async fn host_default_pollers() -> Result<usize> {
-    let output = tokio::process::Command::new("target/release/maskpipe")
+    let output = tokio::process::Command::new(crate::consumers::host_binary())
         .args(["run", "--help"])
         .env_remove("MASKPIPE_POLLERS")
         .output()

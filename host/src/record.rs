@@ -97,6 +97,31 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Roughly what it holds on the heap, for the pipeline's memory budget.
+    pub fn heap_bytes(&self) -> usize {
+        let text = |value: &Option<Value>| match value {
+            Some(
+                Value::Text(text) | Value::Numeric(text) | Value::Uuid(text) | Value::Jsonb(text),
+            ) => text.len(),
+            _ => 0,
+        };
+        match self {
+            Outcome::Rows(rows) => rows
+                .iter()
+                .map(|row| {
+                    std::mem::size_of::<TableRow>()
+                        + row.values.len() * std::mem::size_of::<Option<Value>>()
+                        + row.values.iter().map(text).sum::<usize>()
+                })
+                .sum(),
+            Outcome::Rejected(rejection) => {
+                rejection.code.len()
+                    + rejection.detail.len()
+                    + rejection.transform_detail.as_ref().map_or(0, String::len)
+            }
+        }
+    }
+
     /// The ledger's word for it.
     pub fn ledger_outcome(&self) -> &'static str {
         match self {

@@ -67,10 +67,12 @@ async fn coalesced_commits_killed_9_mid_stream_land_exactly_once() {
         killed_mid_stream >= 3,
         "the kills came too late to test anything"
     );
+    // Two full receives at least: one receive, however short, plus another
+    // of at most 10 makes no more than 19.
     let largest = try_count(&database, LARGEST_COMMIT).await;
     assert!(
-        largest > 10,
-        "no commit held more than one receive batch (largest: {largest})"
+        largest >= 20,
+        "no commit held several receive batches (largest: {largest})"
     );
     drain_until_empty(&queue, &database, None).await;
     assert_exactly_once(&database, 6_000, 60).await;
@@ -246,7 +248,6 @@ async fn sigterm_with_every_stage_busy_finishes_what_was_received_and_exits_0() 
     )
     .await;
     let in_flight_at_signal = queue.depth().await.unwrap().in_flight;
-    let carried_before = proxy.carried();
     let asked = Instant::now();
     let pid = host.id().expect("running").to_string();
     assert!(
@@ -270,8 +271,6 @@ async fn sigterm_with_every_stage_busy_finishes_what_was_received_and_exits_0() 
         in_flight_at_signal > 40,
         "too little in flight at the signal to keep every stage busy: {in_flight_at_signal}"
     );
-    // The stop went through the slow SQS: deletes (and receives) after it.
-    assert!(proxy.carried().up > carried_before.up);
 
     // Every stage drained: right after exit, before SQS could return an
     // abandoned batch, nothing is in flight, and every message the host

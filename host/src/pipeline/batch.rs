@@ -1,5 +1,5 @@
 //! A received batch on its way through the stages, and what it holds while
-//! it is in flight: its messages' invisibility, its share of the memory
+//! it is in flight: its messages' invisibility, its charges to the memory
 //! budget and the busy-CPU meter.
 //!
 //! Everything is released when the batch is dropped, wherever that is: after
@@ -11,16 +11,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use super::budget::{Charge, MemoryBudget};
 use crate::record::Outcome;
 use crate::runtime::Transform;
 use crate::source::{Received, SqsSource};
 use crate::usage::{BusyBatch, BusyCpu};
 
-/// What a message costs the memory budget beyond its body: its id, receipt
-/// handle, outcome and rows.
+/// What a message costs the memory budget beyond its body, ids and rows.
 const OVERHEAD_PER_MESSAGE: usize = 1024;
 
 /// Messages received together, from their receive to their delete.
@@ -29,7 +28,8 @@ pub(super) struct Batch {
     pub received_at: Instant,
     _heartbeat: Heartbeat,
     _busy: BusyBatch,
-    _memory: Option<OwnedSemaphorePermit>,
+    /// Its bytes, then its rows' bytes.
+    charges: Vec<Charge>,
 }
 
 /// A batch and what the transform made of it.
@@ -60,24 +60,27 @@ impl Batch {
                 visibility_timeout,
             ))),
             _busy: busy.batch(),
-            _memory: None,
+            charges: Vec::new(),
         }
     }
 
-    /// Waits until the batch fits in `budget` (permits are KiB) and holds its
-    /// share until dropped: the back-pressure that bounds memory. A batch
-    /// larger than the whole budget waits for all of it, so it runs alone.
-    pub async fn reserve(mut self, budget: &Arc<Semaphore>, budget_kib: u32) -> Option<Self> {
+    /// Waits until the batch fits in `budget`, then charges it until
+    /// dropped: the back-pressure that bounds memory.
+    pub async fn admit(mut self, budget: &Arc<MemoryBudget>) -> Self {
         let bytes: usize = self
             .messages
             .iter()
             .map(|m| m.body.len() + m.receipt_handle.len() + m.id.len() + OVERHEAD_PER_MESSAGE)
             .sum();
-        let kib = u32::try_from(bytes.div_ceil(1024))
-            .unwrap_or(u32::MAX)
-            .clamp(1, budget_kib.max(1));
-        self._memory = Some(Arc::clone(budget).acquire_many_owned(kib).await.ok()?);
-        Some(self)
+        self.charges.push(budget.admit(bytes).await);
+        self
+    }
+
+    /// Charges what the transform made of the batch (never waits: see
+    /// [`MemoryBudget`]).
+    pub fn charge_rows(&mut self, budget: &Arc<MemoryBudget>, outcomes: &[Outcome]) {
+        let bytes = outcomes.iter().map(Outcome::heap_bytes).sum();
+        self.charges.push(budget.charge(bytes));
     }
 
     pub fn len(&self) -> usize {

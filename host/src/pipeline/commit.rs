@@ -38,18 +38,36 @@ const WRITE_ATTEMPTS_AFTER_SHUTDOWN: u32 = 3;
 const UNKNOWN_ERROR_REPEATS: u32 = 3;
 
 pub(super) struct Committer {
-    pub shared: Arc<Shared>,
-    pub index: usize,
-    pub sink: Option<PgSink>,
-    pub stop: watch::Receiver<bool>,
-    /// A batch taken but left for the next commit: its component differs.
-    pub held: Option<Transformed>,
+    shared: Arc<Shared>,
+    index: usize,
+    sink: Option<PgSink>,
+    stop: watch::Receiver<bool>,
+    /// A batch taken but left for the next commit: its component differs,
+    /// or it would take the commit past its message limit.
+    held: Option<Transformed>,
     /// Set when a write was abandoned at shutdown: the rest is left to SQS
     /// rather than wait out the same failure batch after batch.
-    pub abandoning: bool,
+    abandoning: bool,
 }
 
 impl Committer {
+    /// `sink`: a connection to start with (the startup check's), if any.
+    pub fn new(
+        shared: Arc<Shared>,
+        index: usize,
+        sink: Option<PgSink>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            shared,
+            index,
+            sink,
+            stop,
+            held: None,
+            abandoning: false,
+        }
+    }
+
     pub async fn run(mut self, input: Inbox<Transformed>, output: mpsc::Sender<Batch>) {
         loop {
             let group = self.take(&input).await;
@@ -99,7 +117,9 @@ impl Committer {
                     }
                 }
             };
-            if !Arc::ptr_eq(&next.component, &group[0].component) {
+            if !Arc::ptr_eq(&next.component, &group[0].component)
+                || messages + next.batch.len() > settings.commit_messages
+            {
                 self.held = Some(next);
                 break;
             }
@@ -197,7 +217,13 @@ impl Committer {
                         return None;
                     }
                 }
-                backoff.sleep().await;
+                // A stop cuts the wait short: the attempts left after it
+                // come at once, so the backoff does not hold a shutdown.
+                let mut stop = self.stop.clone();
+                tokio::select! {
+                    () = backoff.sleep() => {}
+                    _ = stop.wait_for(|stopped| *stopped) => {}
+                }
             }
         })
     }

@@ -2,7 +2,7 @@
 //! joined by bounded hand-offs, so no stage waits on another's round trip:
 //!
 //! ```text
-//!  receive ×pollers ─► transform ×transformers ─► commit ×writers ─► delete ×2·pollers
+//!  receive ×pollers ─► transform ×transformers ─► commit ×writers ─► delete ×pollers
 //!  (long polls;        (one wasm worker each;      (one connection each;     (DeleteMessageBatch,
 //!   next one always     swaps between calls)        batches coalesced into    after commit only)
 //!   in flight)                                      one transaction)
@@ -15,7 +15,8 @@
 //!   down to the rows PostgreSQL refuses.
 //! * [`delete`]: deletes committed batches, several at a time.
 //! * [`batch`]: a batch in flight keeps its messages invisible and holds its
-//!   share of the memory budget until it is dropped, wherever that happens.
+//!   charges to the memory budget ([`budget`]) until it is dropped, wherever
+//!   that happens.
 //! * [`supervise`]: restarts a task that panics, and closes each stage's
 //!   output when its last task ends, so a stop drains stage by stage.
 //!
@@ -26,6 +27,7 @@
 //! queue.
 
 mod batch;
+mod budget;
 mod commit;
 mod delete;
 mod receive;
@@ -33,11 +35,12 @@ mod stats;
 mod supervise;
 mod transform;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 pub use stats::{Stats, Summary};
 
@@ -45,6 +48,7 @@ use crate::masking::Keyring;
 use crate::runtime::Transform;
 use crate::sink::{Database, PgSink};
 use crate::source::SqsSource;
+use budget::MemoryBudget;
 use supervise::{Stage, inbox, supervise};
 
 /// Messages one transaction may hold, by default.
@@ -89,24 +93,31 @@ pub struct Settings {
 }
 
 impl Settings {
-    fn budget_kib(&self) -> u32 {
-        self.max_in_flight_mib.saturating_mul(1024).max(1)
+    fn budget_bytes(&self) -> usize {
+        (self.max_in_flight_mib as usize).saturating_mul(1 << 20)
     }
 
     /// Bounds of the hand-offs, in batches: enough for a full commit per
     /// writer to wait while one runs; the memory budget bounds their bytes.
-    fn hand_off_capacity(&self) -> (usize, usize, usize) {
+    fn hand_offs(&self) -> HandOffs {
         let per_commit = self.commit_messages.div_ceil(self.batch_size.max(1)).max(1);
-        (
-            2 * self.transformers.max(1),
-            per_commit * self.writers.max(1),
-            per_commit,
-        )
+        HandOffs {
+            received: 2 * self.transformers.max(1),
+            transformed: per_commit * self.writers.max(1),
+            committed: per_commit,
+        }
     }
 
     fn deleters(&self) -> usize {
         self.pollers.max(2)
     }
+}
+
+/// How many batches each hand-off holds.
+struct HandOffs {
+    received: usize,
+    transformed: usize,
+    committed: usize,
 }
 
 /// What every stage reads: the run's fixed parts.
@@ -119,8 +130,10 @@ struct Shared {
     keyring: Arc<Keyring>,
     settings: Settings,
     stats: Arc<Stats>,
-    /// The memory budget, in KiB permits.
-    budget: Arc<Semaphore>,
+    /// What the messages in flight may hold.
+    budget: Arc<MemoryBudget>,
+    /// A delete failed after the stop: the deleters leave the rest to SQS.
+    deletes_failed_at_stop: AtomicBool,
 }
 
 pub struct Pipeline {
@@ -181,7 +194,8 @@ impl Pipeline {
             visibility_timeout,
             transform: self.transform,
             keyring: self.keyring,
-            budget: Arc::new(Semaphore::new(self.settings.budget_kib() as usize)),
+            budget: Arc::new(MemoryBudget::new(self.settings.budget_bytes())),
+            deletes_failed_at_stop: AtomicBool::new(false),
             settings: self.settings,
             stats: self.stats,
         });
@@ -210,11 +224,10 @@ fn stages(
     first_sink: PgSink,
 ) -> Vec<Stage> {
     let settings = &shared.settings;
-    let (received_capacity, transformed_capacity, committed_capacity) =
-        settings.hand_off_capacity();
-    let (to_transform, received) = mpsc::channel(received_capacity);
-    let (to_commit, transformed) = mpsc::channel(transformed_capacity);
-    let (to_delete, committed) = mpsc::channel(committed_capacity);
+    let capacity = settings.hand_offs();
+    let (to_transform, received) = mpsc::channel(capacity.received);
+    let (to_commit, transformed) = mpsc::channel(capacity.transformed);
+    let (to_delete, committed) = mpsc::channel(capacity.committed);
     let (received, transformed, committed) =
         (inbox(received), inbox(transformed), inbox(committed));
     // The checks made at startup are the first tasks' to use.
@@ -233,7 +246,7 @@ fn stages(
                     to_transform.clone(),
                     stop.clone(),
                 );
-                Box::pin(after(delay, stop.clone(), task))
+                Box::pin(after_backoff_unless_stopped(delay, stop.clone(), task))
             }),
         }
     };
@@ -246,10 +259,10 @@ fn stages(
                 let transformer = transform::Transformer {
                     shared: Arc::clone(&shared),
                     index,
-                    worker: take(&first_worker),
+                    worker: take_first(&first_worker),
                     stop: stop.clone(),
                 };
-                Box::pin(after_delay(
+                Box::pin(after_backoff(
                     delay,
                     transformer.run(Arc::clone(&received), to_commit.clone()),
                 ))
@@ -262,15 +275,13 @@ fn stages(
             name: "commit",
             tasks: settings.writers,
             spawn: Box::new(move |index, delay| {
-                let committer = commit::Committer {
-                    shared: Arc::clone(&shared),
+                let committer = commit::Committer::new(
+                    Arc::clone(&shared),
                     index,
-                    sink: take(&first_sink),
-                    stop: stop.clone(),
-                    held: None,
-                    abandoning: false,
-                };
-                Box::pin(after_delay(
+                    take_first(&first_sink),
+                    stop.clone(),
+                );
+                Box::pin(after_backoff(
                     delay,
                     committer.run(Arc::clone(&transformed), to_delete.clone()),
                 ))
@@ -278,14 +289,19 @@ fn stages(
         }
     };
     let delete = {
-        let shared = Arc::clone(shared);
+        let (shared, stop) = (Arc::clone(shared), stop.clone());
         Stage {
             name: "delete",
             tasks: settings.deleters(),
             spawn: Box::new(move |index, delay| {
-                Box::pin(after_delay(
+                Box::pin(after_backoff(
                     delay,
-                    delete::run(Arc::clone(&shared), index, Arc::clone(&committed)),
+                    delete::run(
+                        Arc::clone(&shared),
+                        index,
+                        Arc::clone(&committed),
+                        stop.clone(),
+                    ),
                 ))
             }),
         }
@@ -294,12 +310,16 @@ fn stages(
 }
 
 /// The value set aside for the first task to ask.
-fn take<T>(first: &Mutex<Option<T>>) -> Option<T> {
+fn take_first<T>(first: &Mutex<Option<T>>) -> Option<T> {
     first.lock().map_or(None, |mut first| first.take())
 }
 
 /// A restarted receiver waits out its backoff, unless the pipeline stops.
-async fn after(delay: Duration, mut stop: watch::Receiver<bool>, task: impl Future<Output = ()>) {
+async fn after_backoff_unless_stopped(
+    delay: Duration,
+    mut stop: watch::Receiver<bool>,
+    task: impl Future<Output = ()>,
+) {
     if !delay.is_zero() {
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
@@ -311,7 +331,7 @@ async fn after(delay: Duration, mut stop: watch::Receiver<bool>, task: impl Futu
 
 /// A restarted downstream task waits out its backoff even when stopping:
 /// its input must still be drained.
-async fn after_delay(delay: Duration, task: impl Future<Output = ()>) {
+async fn after_backoff(delay: Duration, task: impl Future<Output = ()>) {
     tokio::time::sleep(delay).await;
     task.await;
 }

@@ -75,9 +75,7 @@ pub(super) async fn run(
             &shared.stats.busy_cpu,
         );
         inject_failure(&shared);
-        let Some(batch) = batch.reserve(&shared.budget, settings.budget_kib()).await else {
-            break;
-        };
+        let batch = batch.admit(&shared.budget).await;
         // A closed hand-off means the stages after this one are gone: the
         // batch is dropped and SQS redelivers it.
         if output.send(batch).await.is_err() {

@@ -104,7 +104,7 @@ impl Stats {
             + self.skipped.load(Ordering::Relaxed)
     }
 
-    /// A batch received at `first` is done (deleted, or left to SQS).
+    /// A batch received at `first` was deleted (or its delete failed).
     pub(super) fn mark_active(&self, first: Instant) {
         let now = Instant::now();
         let mut active = self

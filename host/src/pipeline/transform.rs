@@ -40,13 +40,14 @@ impl Transformer {
     }
 
     /// The batch's outcomes; `None` leaves it to SQS to redeliver.
-    async fn transform(&mut self, batch: Batch) -> Option<Transformed> {
+    async fn transform(&mut self, mut batch: Batch) -> Option<Transformed> {
         self.ensure_worker().await?;
         let worker = self.worker.as_mut()?;
         let started = Instant::now();
         match worker.run(&batch.messages).await {
             Ok(outcomes) => {
                 metrics::histogram!(ops::TRANSFORM_SECONDS).record(started.elapsed());
+                batch.charge_rows(&self.shared.budget, &outcomes);
                 Some(Transformed {
                     component: Arc::clone(worker.transform()),
                     batch,

@@ -207,19 +207,27 @@ async fn receive_only_once(
     Ok((received?, carried))
 }
 
-/// The no-op consumer (receive + delete, stage 3's) through the proxy, on
-/// a fresh queue holding `bodies`; msgs/s.
-async fn noop_once_through(proxy: &DelayProxy, bodies: &[String], consumers: usize) -> Result<f64> {
-    let direct = fresh_queue("noop-rtt").await?;
-    preload(&direct, bodies).await?;
+/// The same queue through a client whose endpoint is the proxy (CreateQueue
+/// of an existing name returns its URL).
+async fn through(proxy: &DelayProxy, direct: &SqsSource) -> Result<SqsSource> {
     let name = direct
         .queue_url()
         .rsplit('/')
         .next()
         .context("a queue URL without a name")?;
-    let queue = SqsSource::create_with(SqsSource::client_at(&proxy.endpoint()).await, name)
-        .await?
-        .0;
+    Ok(
+        SqsSource::create_with(SqsSource::client_at(&proxy.endpoint()).await, name)
+            .await?
+            .0,
+    )
+}
+
+/// The no-op consumer (receive + delete, stage 3's) through the proxy, on
+/// a fresh queue holding `bodies`; msgs/s.
+async fn noop_once_through(proxy: &DelayProxy, bodies: &[String], consumers: usize) -> Result<f64> {
+    let direct = fresh_queue("noop-rtt").await?;
+    preload(&direct, bodies).await?;
+    let queue = through(proxy, &direct).await?;
     let drained = noop_drain(&queue, consumers).await;
     direct.delete_queue().await?;
     Ok(drained?.0)
@@ -234,16 +242,7 @@ async fn receive_only(
     consumers: usize,
     expected: usize,
 ) -> Result<f64> {
-    // The same queue through a client whose endpoint is the proxy
-    // (CreateQueue of an existing name returns its URL).
-    let name = direct
-        .queue_url()
-        .rsplit('/')
-        .next()
-        .context("a queue URL without a name")?;
-    let queue = SqsSource::create_with(SqsSource::client_at(&proxy.endpoint()).await, name)
-        .await?
-        .0;
+    let queue = through(proxy, direct).await?;
     let count = Arc::new(AtomicUsize::new(0));
     let (calls, call_micros) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut tasks = tokio::task::JoinSet::new();

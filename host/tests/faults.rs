@@ -27,34 +27,6 @@ async fn private_sqs(slot: u16, queue: &str) -> (PrivateStack, String, SqsSource
     (private, endpoint, queue)
 }
 
-fn signal(child: &tokio::process::Child, name: &str) {
-    let pid = child.id().expect("running").to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args([name, &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-}
-
-async fn set_visibility_timeout(queue: &SqsSource, endpoint: Option<&str>, seconds: u32) {
-    let client = match endpoint {
-        Some(endpoint) => SqsSource::client_at(endpoint).await,
-        None => SqsSource::client().await,
-    };
-    client
-        .set_queue_attributes()
-        .queue_url(queue.queue_url())
-        .attributes(
-            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
-            seconds.to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_at_random_moments_then_restart_loses_and_doubles_nothing() {
     let database = fresh_database().await;

@@ -538,3 +538,41 @@ impl LoggedHost {
         assert!(status.success(), "host exited with {status}");
     }
 }
+
+/// Sends `name` (`-TERM`, `-STOP`, …) to a child process.
+pub fn signal(child: &tokio::process::Child, name: &str) {
+    let pid = child.id().expect("running").to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// Sets a queue's visibility timeout (through a private server's endpoint,
+/// if given).
+pub async fn set_visibility_timeout(queue: &SqsSource, endpoint: Option<&str>, seconds: u32) {
+    let client = match endpoint {
+        Some(endpoint) => SqsSource::client_at(endpoint).await,
+        None => SqsSource::client().await,
+    };
+    client
+        .set_queue_attributes()
+        .queue_url(queue.queue_url())
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            seconds.to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+/// A login whose fields the test controls.
+pub fn login(user_id: &str, device_type: &str, locale: &str) -> String {
+    format!(
+        r#"{{"user_id": "{user_id}", "app_version": "2.3.0", "device_type": "{device_type}", "ip": "10.1.2.3", "locale": "{locale}", "device_id": "593-47-5928"}}"#
+    )
+}

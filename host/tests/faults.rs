@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use maskpipe::source::SqsSource;
-use rand::{Rng, SeedableRng};
 
 /// A private LocalStack with one queue: for tests that stop the server.
 async fn private_sqs(slot: u16, queue: &str) -> (PrivateStack, String, SqsSource) {
@@ -38,25 +37,16 @@ async fn kill_9_at_random_moments_then_restart_loses_and_doubles_nothing() {
 
     // Each round kills the host at a random moment after it has started
     // writing, so kills land mid-batch, mid-commit and mid-delete.
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x6b696c6c);
-    let mut killed_mid_stream = 0;
-    for round in 0..5 {
-        let before = try_count(&database, "SELECT count(*) FROM maskpipe_processed").await;
-        let mut host = spawn_host(queue.queue_url(), &database, &["--pollers", "4"]);
-        wait_for("the host to write", Duration::from_secs(60), async || {
-            try_count(&database, "SELECT count(*) FROM maskpipe_processed").await > before
-        })
-        .await;
-        let moment = Duration::from_millis(rng.random_range(0..400));
-        tokio::time::sleep(moment).await;
-        host.start_kill().unwrap(); // SIGKILL
-        host.wait().await.unwrap();
-        let written = try_count(&database, "SELECT count(*) FROM maskpipe_processed").await;
-        println!(
-            "round {round}: killed {moment:?} after its first commit, {written} of 5050 processed"
-        );
-        killed_mid_stream += usize::from(written < 5_050);
-    }
+    let killed_mid_stream = kill_9_rounds(
+        &queue,
+        &database,
+        &["--pollers", "4"],
+        5,
+        400,
+        5_050,
+        0x6b696c6c,
+    )
+    .await;
     assert!(
         killed_mid_stream >= 3,
         "the kills came too late to test anything"

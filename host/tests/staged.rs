@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use delay_proxy::{DelayProxy, upstream_of};
-use rand::{Rng, SeedableRng};
 
 /// The largest number of ledger rows one transaction wrote.
 const LARGEST_COMMIT: &str = "SELECT coalesce(max(n), 0) FROM (
@@ -33,23 +32,8 @@ async fn coalesced_commits_killed_9_mid_stream_land_exactly_once() {
     // A window long enough that every commit gathers many receive batches,
     // so each kill lands among coalesced transactions.
     let settings = ["--pollers", "4", "--commit-window-ms", "200"];
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0xc0a1e5ce);
-    let mut killed_mid_stream = 0;
-    for round in 0..4 {
-        let before = try_count(&database, "SELECT count(*) FROM maskpipe_processed").await;
-        let mut host = spawn_host(queue.queue_url(), &database, &settings);
-        wait_for("the host to commit", Duration::from_secs(60), async || {
-            try_count(&database, "SELECT count(*) FROM maskpipe_processed").await > before
-        })
-        .await;
-        let moment = Duration::from_millis(rng.random_range(0..300));
-        tokio::time::sleep(moment).await;
-        host.start_kill().unwrap(); // SIGKILL
-        host.wait().await.unwrap();
-        let written = try_count(&database, "SELECT count(*) FROM maskpipe_processed").await;
-        println!("round {round}: killed {moment:?} after a commit, {written} of 6060 processed");
-        killed_mid_stream += usize::from(written < 6_060);
-    }
+    let killed_mid_stream =
+        kill_9_rounds(&queue, &database, &settings, 4, 300, 6_060, 0xc0a1e5ce).await;
     assert!(
         killed_mid_stream >= 3,
         "the kills came too late to test anything"

@@ -576,3 +576,37 @@ pub fn login(user_id: &str, device_type: &str, locale: &str) -> String {
         r#"{{"user_id": "{user_id}", "app_version": "2.3.0", "device_type": "{device_type}", "ip": "10.1.2.3", "locale": "{locale}", "device_id": "593-47-5928"}}"#
     )
 }
+
+/// `rounds` times: start `maskpipe run` with `extra`, wait for its first
+/// commit, kill it with SIGKILL a random moment (up to `within_ms`, seeded)
+/// later. Returns how many kills came before all `total` messages were in
+/// the ledger.
+pub async fn kill_9_rounds(
+    queue: &SqsSource,
+    database: &str,
+    extra: &[&str],
+    rounds: usize,
+    within_ms: u64,
+    total: i64,
+    seed: u64,
+) -> usize {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut killed_mid_stream = 0;
+    for round in 0..rounds {
+        let before = try_count(database, "SELECT count(*) FROM maskpipe_processed").await;
+        let mut host = spawn_host(queue.queue_url(), database, extra);
+        wait_for("the host to commit", Duration::from_secs(60), async || {
+            try_count(database, "SELECT count(*) FROM maskpipe_processed").await > before
+        })
+        .await;
+        let moment = Duration::from_millis(rng.random_range(0..within_ms));
+        tokio::time::sleep(moment).await;
+        host.start_kill().unwrap(); // SIGKILL
+        host.wait().await.unwrap();
+        let written = try_count(database, "SELECT count(*) FROM maskpipe_processed").await;
+        println!("round {round}: killed {moment:?} after a commit, {written} of {total} processed");
+        killed_mid_stream += usize::from(written < total);
+    }
+    killed_mid_stream
+}

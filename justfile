@@ -23,7 +23,7 @@ toolchain:
         grep -qx "$target" <<<"$installed" || rustup target add "$target"
     done
 
-# Start PostgreSQL and LocalStack SQS on 127.0.0.1 (installs them if missing).
+# Start PostgreSQL and LocalStack (SQS, and KMS with the demo key alias/maskpipe-demo) on 127.0.0.1 (installs them if missing).
 up:
     @scripts/stack.sh up
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The local stack without Docker: a throwaway PostgreSQL 15 cluster and
-# LocalStack's SQS, both on 127.0.0.1, both living under .data/ (git-ignored).
+# LocalStack's SQS and KMS (one process, with a demo KMS key,
+# alias/maskpipe-demo), both on 127.0.0.1, both living under .data/
+# (git-ignored).
 # Beside them, for the benchmarks alone (`just bench`), a second, durable
 # PostgreSQL cluster (fsync, synchronous_commit and full_page_writes on, as
 # in production; the first has them off for speed) in .data/pg-durable.
@@ -139,7 +141,7 @@ psql_local() {
     psql -X -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres "$@"
 }
 
-# ------------------------------------------------------------ LocalStack SQS
+# ------------------------------------------------------- LocalStack SQS + KMS
 
 # localstack-core 2026.x needs Python >= 3.13.
 find_python313() {
@@ -161,7 +163,7 @@ ensure_localstack_installed() {
     rm -rf "$venv"
     local py
     if py="$(find_python313)"; then
-        log "installing LocalStack (SQS only) into .data/localstack-venv with $py"
+        log "installing LocalStack (SQS and KMS are used) into .data/localstack-venv with $py"
         "$py" -m venv "$venv"
         "$venv/bin/pip" install -q --disable-pip-version-check -r "$root/scripts/localstack-requirements.txt"
     else
@@ -174,29 +176,51 @@ ensure_localstack_installed() {
     fi
 }
 
+# Both services must answer: KMS holds the demo's envelope-encrypted key.
 localstack_healthy() {
-    curl -fsS "http://127.0.0.1:$ls_port/_localstack/health" 2>/dev/null | grep -q '"sqs": *"\(available\|running\)"'
+    local health
+    health="$(curl -fsS "http://127.0.0.1:$ls_port/_localstack/health" 2>/dev/null)" || return 1
+    grep -q '"sqs": *"\(available\|running\)"' <<<"$health" &&
+        grep -q '"kms": *"\(available\|running\)"' <<<"$health"
+}
+
+# Something answers LocalStack's health endpoint (whatever its services).
+localstack_answers() {
+    curl -fsS "http://127.0.0.1:$ls_port/_localstack/health" >/dev/null 2>&1
 }
 
 localstack_up() {
     if localstack_healthy; then
-        log "LocalStack SQS already running on 127.0.0.1:$ls_port"
+        log "LocalStack SQS + KMS already running on 127.0.0.1:$ls_port"
+        ensure_demo_kms_key
         return
     fi
+    if localstack_answers; then
+        # One started before KMS was part of the stack (SERVICES=sqs): ours
+        # is restarted (it keeps nothing on disk anyway); anyone else's is
+        # left alone.
+        [ -f "$data/localstack/pid" ] && kill -0 "$(cat "$data/localstack/pid")" 2>/dev/null ||
+            die "a LocalStack on 127.0.0.1:$ls_port runs without KMS and was not started here: stop it, then run this again"
+        log "LocalStack on 127.0.0.1:$ls_port runs without KMS: restarting it with SQS and KMS"
+        localstack_down
+    fi
     ensure_localstack_installed
-    log "starting LocalStack SQS on 127.0.0.1:$ls_port"
+    log "starting LocalStack SQS + KMS on 127.0.0.1:$ls_port"
     mkdir -p "$data/localstack"
     (
         cd "$data/localstack"
         GATEWAY_SERVER=twisted GATEWAY_LISTEN="127.0.0.1:$ls_port" LOCALSTACK_HOST="127.0.0.1:$ls_port" \
-        SQS_ENDPOINT_STRATEGY=off SERVICES=sqs EAGER_SERVICE_LOADING=1 DNS_ADDRESS=0 \
+        SQS_ENDPOINT_STRATEGY=off SERVICES=sqs,kms EAGER_SERVICE_LOADING=1 DNS_ADDRESS=0 \
         LOCALSTACK_VOLUME_DIR="$data/localstack/volume" SKIP_SSL_CERT_DOWNLOAD=1 DISABLE_EVENTS=1 \
             nohup setsid "$venv/bin/python" "$root/scripts/localstack-loopback.py" >"$data/localstack/server.log" 2>&1 &
         echo $! >"$data/localstack/pid"
     )
     local i
     for i in $(seq 1 120); do
-        localstack_healthy && return
+        if localstack_healthy; then
+            ensure_demo_kms_key
+            return
+        fi
         if ! kill -0 "$(cat "$data/localstack/pid")" 2>/dev/null; then
             tail -30 "$data/localstack/server.log" >&2
             die "LocalStack exited during startup"
@@ -205,6 +229,33 @@ localstack_up() {
     done
     tail -30 "$data/localstack/server.log" >&2
     die "LocalStack did not become healthy within 60 s"
+}
+
+# kms ACTION JSON: one call to LocalStack's KMS JSON API. Like the justfile's
+# SQS calls it is unsigned: LocalStack takes an unsigned request as the
+# default test account's (000000000000, what the AWS SDK's "test"
+# credentials map to) in us-east-1, demo.env's region.
+kms() {
+    curl -fsS -X POST "http://127.0.0.1:$ls_port/" \
+        -H 'Content-Type: application/x-amz-json-1.1' \
+        -H "X-Amz-Target: TrentService.$1" -d "$2"
+}
+
+# The demo's KMS key, alias/maskpipe-demo (`just maskpipe keygen --kms-key-id
+# alias/maskpipe-demo`). LocalStack keeps keys in memory only, so this runs
+# on every `up`; an existing alias is left as it is.
+ensure_demo_kms_key() {
+    local alias=alias/maskpipe-demo key_id
+    # DescribeKey by alias: no paging through the account's aliases.
+    kms DescribeKey "{\"KeyId\": \"$alias\"}" >/dev/null 2>&1 && return
+    key_id="$(kms CreateKey '{"Description": "maskpipe demo key (LocalStack)", "KeySpec": "SYMMETRIC_DEFAULT", "KeyUsage": "ENCRYPT_DECRYPT"}' |
+        sed -n 's/.*"KeyId": *"\([^"]*\)".*/\1/p')"
+    [ -n "$key_id" ] || die "LocalStack's KMS did not create the demo key"
+    if ! kms CreateAlias "{\"AliasName\": \"$alias\", \"TargetKeyId\": \"$key_id\"}" >/dev/null 2>&1; then
+        # Another `up` made it first: fine, as long as it is there now.
+        kms DescribeKey "{\"KeyId\": \"$alias\"}" >/dev/null 2>&1 || die "cannot create $alias in LocalStack's KMS"
+    fi
+    log "created the demo KMS key $alias"
 }
 
 localstack_down() {
@@ -247,7 +298,7 @@ case "${1:-}" in
         elif [ "$want_durable" = 1 ]; then
             echo "postgres (durable, for the bench): stopped"
         fi
-        if localstack_healthy; then echo "sqs: running on 127.0.0.1:$ls_port"; else echo "sqs: stopped"; fi
+        if localstack_healthy; then echo "sqs, kms: running on 127.0.0.1:$ls_port"; else echo "sqs, kms: stopped"; fi
         ;;
     *) echo "usage: $0 up|down|status|postgres-up|postgres-down|durable-up|durable-down|sqs-up|sqs-down" >&2; exit 2 ;;
 esac

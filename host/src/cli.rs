@@ -1,5 +1,6 @@
-//! The commands: `run`, `reveal`, `keygen`, `transform test|inspect`,
-//! `queue load` and `dead-letters list|replay` (see [`crate::dead_letters`]).
+//! The commands: `run`, `reveal`, `keygen` (plain, or a KMS data key),
+//! `transform test|inspect`, `queue load` and `dead-letters list|replay`
+//! (see [`crate::dead_letters`]).
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -14,8 +15,11 @@ use tokio::sync::watch;
 use crate::author;
 use crate::config::{CacheArgs, KeyArgs, RunArgs};
 use crate::dead_letters::{self, DeadLettersCommand};
+use crate::kms::{DataKey, Kms};
 use crate::ledger;
-use crate::masking::{Bound, MasterKey, RevealError, required_context, token_key_id};
+use crate::masking::{
+    Bound, MasterKey, RevealError, is_valid_key_id, required_context, token_key_id,
+};
 use crate::ops;
 use crate::pipeline::{Pipeline, Summary};
 use crate::runtime::{self, short};
@@ -51,8 +55,9 @@ pub enum Command {
     /// Print the plaintext of masked values or sealed dead-letter bodies
     /// (arguments, or one per line on stdin).
     Reveal(RevealArgs),
-    /// Print a new random master key (64 hex digits).
-    Keygen,
+    /// Print a new random master key (64 hex digits); with --kms-key-id, a
+    /// new KMS data key instead, as the settings that use it (an env file).
+    Keygen(KeygenArgs),
     /// Test and inspect transform components (the author's kit).
     #[command(subcommand)]
     Transform(TransformCommand),
@@ -102,6 +107,20 @@ pub struct RevealArgs {
     pub keys: KeyArgs,
 }
 
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// Make the key with KMS (GenerateDataKey, AES_256) under this KMS key
+    /// (key id, alias/NAME or ARN) and print only its ciphertext, as three
+    /// lines: MASKPIPE_MASTER_KEY_CIPHERTEXT, MASKPIPE_KMS_KEY_ID (the
+    /// key's ARN) and MASKPIPE_KEY_ID. The plaintext is never printed.
+    #[arg(long, value_name = "ID|ALIAS|ARN")]
+    pub kms_key_id: Option<String>,
+    /// The MASKPIPE_KEY_ID line's id (1-16 of A-Z, a-z, 0-9, '_', '-');
+    /// default: a new one, `k` and 8 random hex digits.
+    #[arg(long, value_name = "ID", requires = "kms_key_id")]
+    pub key_id: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum QueueCommand {
     /// Create a queue if missing and send each line of a file as one message.
@@ -127,6 +146,7 @@ const CAPPED_TARGETS: &[&str] = &[
     "aws_smithy_http_client=info",
     "aws_smithy_runtime_api=info",
     "aws_sdk_sqs=info",
+    "aws_sdk_kms=info",
     "hyper=info",
     "hyper_util=info",
     "h2=info",
@@ -210,11 +230,8 @@ pub fn init_logging(cli: &Cli) {
 pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(args).await,
-        Command::Reveal(args) => reveal(args),
-        Command::Keygen => {
-            println!("{}", MasterKey::generate_hex());
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Reveal(args) => reveal(args).await,
+        Command::Keygen(args) => keygen(args).await,
         Command::Transform(TransformCommand::Test {
             component,
             vectors,
@@ -240,7 +257,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let started = Instant::now();
     // Validate everything local before touching the network.
     let metrics_handle = ops::install_recorder()?;
-    let keyring = args.keys.keyring()?;
+    let keys = args.keys.checked()?;
     let settings = args.settings()?;
     let engine = runtime::engine_with_cache(args.cache_dir().as_deref())?;
     let (transform, validation) =
@@ -251,6 +268,8 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         transform.size(),
         args.transform.display()
     );
+    // The network from here: KMS first (only if a key is a ciphertext).
+    let keyring = keys.keyring().await?;
     let source = SqsSource::connect(&args.queue).await?;
     let retention = args.ledger_retention();
     match source.redelivery_window().await {
@@ -427,7 +446,7 @@ fn print_summary(summary: &Summary, started: Instant, ending: &str, left: Option
     }
 }
 
-fn reveal(args: RevealArgs) -> Result<ExitCode> {
+async fn reveal(args: RevealArgs) -> Result<ExitCode> {
     let values: Vec<String> = if args.values.is_empty() {
         std::io::stdin()
             .lock()
@@ -442,21 +461,22 @@ fn reveal(args: RevealArgs) -> Result<ExitCode> {
         .map(|v| v.trim())
         .filter(|v| !v.is_empty())
         .collect();
-    if args.keys.master_key.is_none() {
+    if !args.keys.has_master_key() {
         let mut ids: Vec<&str> = values.iter().filter_map(|v| token_key_id(v)).collect();
         ids.sort_unstable();
         ids.dedup();
         if !ids.is_empty() {
             anyhow::bail!(
                 "no masking key: the values were masked with key id {ids}; set \
-                 MASKPIPE_MASTER_KEY to that key with MASKPIPE_KEY_ID={first} (or add \
-                 {first}=KEY to MASKPIPE_RETIRED_KEYS); a new key opens nothing",
+                 MASKPIPE_MASTER_KEY (or MASKPIPE_MASTER_KEY_CIPHERTEXT) to that key with \
+                 MASKPIPE_KEY_ID={first} (or add {first}=KEY to MASKPIPE_RETIRED_KEYS); a new \
+                 key opens nothing",
                 ids = ids.join(", "),
                 first = ids[0],
             );
         }
     }
-    let keyring = args.keys.keyring_to_open()?;
+    let keyring = args.keys.keyring_to_open().await?;
     let mut failed = false;
     let mut out = std::io::stdout().lock();
     for value in values {
@@ -499,6 +519,40 @@ fn reveal_hint(error: &RevealError) -> String {
         ),
         _ => error.to_string(),
     }
+}
+
+/// `maskpipe keygen`: a random key in hex, or with `--kms-key-id` a KMS
+/// data key as the env lines that use it.
+async fn keygen(args: KeygenArgs) -> Result<ExitCode> {
+    let Some(kms_key) = args.kms_key_id else {
+        println!("{}", MasterKey::generate_hex());
+        return Ok(ExitCode::SUCCESS);
+    };
+    // Checked before KMS is asked: a data key made for a bad id is wasted.
+    if kms_key.trim().is_empty() {
+        anyhow::bail!("--kms-key-id is empty: give a KMS key id, alias/NAME or ARN");
+    }
+    let key_id = match args.key_id {
+        Some(id) if is_valid_key_id(&id) => id,
+        Some(_) => {
+            anyhow::bail!("--key-id is invalid: use 1-16 characters of A-Z, a-z, 0-9, '_' or '-'")
+        }
+        None => format!("k{:08x}", rand::random::<u32>()),
+    };
+    let data_key = Kms::connect()
+        .await
+        .generate_data_key(kms_key.trim())
+        .await?;
+    print!("{}", kms_env_lines(&data_key, &key_id));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The settings that use a KMS data key, as lines of an env file.
+fn kms_env_lines(data_key: &DataKey, key_id: &str) -> String {
+    format!(
+        "MASKPIPE_MASTER_KEY_CIPHERTEXT={}\nMASKPIPE_KMS_KEY_ID={}\nMASKPIPE_KEY_ID={key_id}\n",
+        data_key.ciphertext_base64, data_key.kms_key_arn
+    )
 }
 
 async fn load_queue(queue: &str, file: &std::path::Path, if_created: bool) -> Result<ExitCode> {
@@ -563,6 +617,8 @@ mod tests {
     fn keys_and_passwords_never_show_in_debug_output() {
         let key = "5ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2";
         let retired = format!("old={}", "0f".repeat(32));
+        let ciphertext = "Y2lwaGVydGV4dGNpcGhlcnRleHQ=";
+        let retired_ciphertexts = format!("older={ciphertext}");
         for args in [
             vec![
                 "maskpipe",
@@ -589,10 +645,21 @@ mod tests {
                 &retired,
                 "mp2.k1.AAAA",
             ],
+            vec![
+                "maskpipe",
+                "reveal",
+                "--field",
+                "ip",
+                "--master-key-ciphertext",
+                ciphertext,
+                "--retired-key-ciphertexts",
+                &retired_ciphertexts,
+                "mp2.k1.AAAA",
+            ],
         ] {
             let cli = Cli::try_parse_from(&args).unwrap();
             let debug = format!("{cli:?} {cli:#?}");
-            for secret in ["5ec2e7", "0f0f0f", "hunter2", "swordfish"] {
+            for secret in ["5ec2e7", "0f0f0f", "hunter2", "swordfish", "Y2lwaGVy"] {
                 assert!(!debug.contains(secret), "{secret} in {debug}");
             }
             assert!(debug.contains("<redacted>"), "{debug}");

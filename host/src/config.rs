@@ -4,6 +4,7 @@
 //! AWS settings are not here: region, credentials and `AWS_ENDPOINT_URL` come
 //! from the standard AWS chain, as every AWS tool reads them.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use zeroize::Zeroizing;
 
-use crate::masking::{Keyring, MasterKey, parse_retired_keys};
+use crate::kms::{Ciphertext, Kms};
+use crate::masking::{KeyError, KeySlot, Keyring, MasterKey, is_valid_key_id, parse_retired_keys};
 use crate::pipeline::{
     DEFAULT_COMMIT_MESSAGES, DEFAULT_COMMIT_WINDOW, DEFAULT_MAX_IN_FLIGHT_MIB, DEFAULT_WRITERS,
     Settings,
@@ -50,7 +52,8 @@ impl From<String> for Secret {
     }
 }
 
-/// The masking keys.
+/// The masking keys: the current key, as plaintext or as a KMS ciphertext,
+/// and the retired keys, in either form too.
 #[derive(Args, Debug, Clone)]
 pub struct KeyArgs {
     /// Master key: 32 bytes as 64 hex digits or base64. Every working key
@@ -62,6 +65,17 @@ pub struct KeyArgs {
         value_name = "KEY"
     )]
     pub master_key: Option<Secret>,
+
+    /// Master key as a KMS data key: base64 of its CiphertextBlob (`maskpipe
+    /// keygen --kms-key-id`), decrypted with KMS once at startup. Instead of
+    /// MASKPIPE_MASTER_KEY, not beside it.
+    #[arg(
+        long,
+        env = "MASKPIPE_MASTER_KEY_CIPHERTEXT",
+        hide_env_values = true,
+        value_name = "BASE64"
+    )]
+    pub master_key_ciphertext: Option<Secret>,
 
     /// Id of the master key, written into every masked value so keys can rotate.
     #[arg(long, env = "MASKPIPE_KEY_ID", default_value = "k1", value_name = "ID")]
@@ -75,39 +89,221 @@ pub struct KeyArgs {
         value_name = "ID=KEY,..."
     )]
     pub retired_keys: Option<Secret>,
+
+    /// Earlier keys as KMS ciphertexts (base64), beside or instead of
+    /// MASKPIPE_RETIRED_KEYS: `ID=CIPHERTEXT,ID=CIPHERTEXT`.
+    #[arg(
+        long,
+        env = "MASKPIPE_RETIRED_KEY_CIPHERTEXTS",
+        hide_env_values = true,
+        value_name = "ID=BASE64,..."
+    )]
+    pub retired_key_ciphertexts: Option<Secret>,
+
+    /// The KMS key (id, alias/NAME or ARN) every ciphertext above must have
+    /// been encrypted under: passed to each Decrypt, so KMS refuses a
+    /// ciphertext of any other key. Unset: whichever key made it.
+    #[arg(long, env = "MASKPIPE_KMS_KEY_ID", value_name = "ID|ALIAS|ARN")]
+    pub kms_key_id: Option<String>,
+}
+
+/// A configured key, before KMS is asked for the ones it holds.
+#[derive(Debug)]
+enum KeySource {
+    Plain(MasterKey),
+    Kms(Ciphertext),
+}
+
+/// The keys as configured, checked without the network: plaintext keys
+/// parsed, ciphertexts decoded, every id valid and unique. [`keyring`]
+/// then asks KMS for the ciphertexts' plaintexts, if any.
+///
+/// [`keyring`]: CheckedKeys::keyring
+#[derive(Debug)]
+pub struct CheckedKeys {
+    current_id: String,
+    current: KeySource,
+    /// Plaintext retired keys (MASKPIPE_RETIRED_KEYS), in order.
+    retired: Vec<(String, MasterKey)>,
+    /// Ciphertext retired keys (MASKPIPE_RETIRED_KEY_CIPHERTEXTS), in order.
+    retired_ciphertexts: Vec<(String, Ciphertext)>,
+    kms_key_id: Option<String>,
 }
 
 impl KeyArgs {
     /// The keys to mask with (`run`): a new key will do.
-    pub fn keyring(&self) -> Result<Arc<Keyring>> {
-        self.keyring_or(
-            "no masking key: set MASKPIPE_MASTER_KEY (generate one with `maskpipe keygen`)",
-        )
+    pub async fn keyring(&self) -> Result<Arc<Keyring>> {
+        self.checked()?.keyring().await
     }
 
     /// The keys to open existing values with (`reveal`, `dead-letters
     /// replay`): only the key that masked them will do, so no keygen advice.
-    pub fn keyring_to_open(&self) -> Result<Arc<Keyring>> {
-        self.keyring_or(
-            "no masking key: set MASKPIPE_MASTER_KEY and MASKPIPE_KEY_ID to the key that \
-             masked the values (a new key opens nothing)",
+    pub async fn keyring_to_open(&self) -> Result<Arc<Keyring>> {
+        self.checked_to_open()?.keyring().await
+    }
+
+    /// [`KeyArgs::keyring`]'s checks, without the network: a command
+    /// validates its local settings before it calls KMS.
+    pub fn checked(&self) -> Result<CheckedKeys> {
+        self.checked_or(
+            "no masking key: set MASKPIPE_MASTER_KEY (generate one with `maskpipe keygen`) \
+             or MASKPIPE_MASTER_KEY_CIPHERTEXT (`maskpipe keygen --kms-key-id KMS_KEY`)",
         )
     }
 
-    fn keyring_or(&self, missing: &'static str) -> Result<Arc<Keyring>> {
-        let master = self.master_key.as_ref().context(missing)?;
-        let master =
-            MasterKey::parse(master.expose()).context("MASKPIPE_MASTER_KEY is unusable")?;
+    /// [`KeyArgs::keyring_to_open`]'s checks, without the network.
+    pub fn checked_to_open(&self) -> Result<CheckedKeys> {
+        self.checked_or(
+            "no masking key: set MASKPIPE_MASTER_KEY (or MASKPIPE_MASTER_KEY_CIPHERTEXT) and \
+             MASKPIPE_KEY_ID to the key that masked the values (a new key opens nothing)",
+        )
+    }
+
+    /// Whether a current key is configured, in either form.
+    pub fn has_master_key(&self) -> bool {
+        self.master_key.is_some() || self.master_key_ciphertext.is_some()
+    }
+
+    fn checked_or(&self, missing: &'static str) -> Result<CheckedKeys> {
+        let current = match (&self.master_key, &self.master_key_ciphertext) {
+            // An empty variable counts as set (clap passes it on as ""), as
+            // an empty MASKPIPE_MASTER_KEY alone is "the key is empty".
+            (Some(_), Some(_)) => bail!(
+                "MASKPIPE_MASTER_KEY and MASKPIPE_MASTER_KEY_CIPHERTEXT are both set: set one \
+                 (the plaintext key, or its KMS ciphertext)"
+            ),
+            (None, None) => bail!(missing),
+            (Some(key), None) => KeySource::Plain(
+                MasterKey::parse(key.expose()).context("MASKPIPE_MASTER_KEY is unusable")?,
+            ),
+            (None, Some(ciphertext)) => KeySource::Kms(
+                Ciphertext::parse(ciphertext.expose())
+                    .context("MASKPIPE_MASTER_KEY_CIPHERTEXT is unusable")?,
+            ),
+        };
         let retired = match &self.retired_keys {
             Some(text) => {
                 parse_retired_keys(text.expose()).context("MASKPIPE_RETIRED_KEYS is unusable")?
             }
             None => Vec::new(),
         };
+        let retired_ciphertexts = match &self.retired_key_ciphertexts {
+            Some(text) => parse_retired_ciphertexts(text.expose())
+                .context("MASKPIPE_RETIRED_KEY_CIPHERTEXTS is unusable")?,
+            None => Vec::new(),
+        };
+        let kms_key_id = match self.kms_key_id.as_deref().map(str::trim) {
+            Some("") => bail!("MASKPIPE_KMS_KEY_ID is empty"),
+            other => other.map(str::to_owned),
+        };
+        let keys = CheckedKeys {
+            current_id: self.key_id.clone(),
+            current,
+            retired,
+            retired_ciphertexts,
+            kms_key_id,
+        };
+        keys.check_ids().context("the keyring is unusable")?;
+        if keys.kms_key_id.is_some() && !keys.uses_kms() {
+            tracing::warn!(
+                "MASKPIPE_KMS_KEY_ID is set but no key is a KMS ciphertext: it is not used"
+            );
+        }
+        Ok(keys)
+    }
+}
+
+impl CheckedKeys {
+    /// Whether [`CheckedKeys::keyring`] will call KMS.
+    pub fn uses_kms(&self) -> bool {
+        matches!(self.current, KeySource::Kms(_)) || !self.retired_ciphertexts.is_empty()
+    }
+
+    /// The keyring: KMS decrypts each ciphertext (one call each, the current
+    /// key first); plaintext keys need no network and no AWS settings.
+    pub async fn keyring(self) -> Result<Arc<Keyring>> {
+        // Built on first use: plaintext keys alone never load AWS settings.
+        let kms = tokio::sync::OnceCell::new();
+        let pin = self.kms_key_id.as_deref();
+        let current = match self.current {
+            KeySource::Plain(key) => key,
+            KeySource::Kms(ciphertext) => kms
+                .get_or_init(Kms::connect)
+                .await
+                .decrypt_master_key(KeySlot::Current, &ciphertext, pin)
+                .await
+                .context("cannot decrypt MASKPIPE_MASTER_KEY_CIPHERTEXT")?,
+        };
+        let mut retired = self.retired;
+        for (n, (id, ciphertext)) in self.retired_ciphertexts.into_iter().enumerate() {
+            let key = kms
+                .get_or_init(Kms::connect)
+                .await
+                .decrypt_master_key(KeySlot::Retired(n + 1), &ciphertext, pin)
+                .await
+                .context("cannot decrypt MASKPIPE_RETIRED_KEY_CIPHERTEXTS")?;
+            retired.push((id, key));
+        }
         Ok(Arc::new(
-            Keyring::new(&self.key_id, &master, &retired).context("the keyring is unusable")?,
+            Keyring::new(&self.current_id, &current, &retired)
+                .context("the keyring is unusable")?,
         ))
     }
+
+    /// Every id valid and none twice, across the current key and both
+    /// retired lists, each key named by its setting and position.
+    fn check_ids(&self) -> Result<()> {
+        if !is_valid_key_id(&self.current_id) {
+            bail!(KeyError::KeyId(KeySlot::Current));
+        }
+        let mut named = vec![(self.current_id.as_str(), KeySlot::Current.to_string())];
+        for (n, (id, _)) in self.retired.iter().enumerate() {
+            named.push((
+                id,
+                format!("retired key {} of MASKPIPE_RETIRED_KEYS", n + 1),
+            ));
+        }
+        for (n, (id, _)) in self.retired_ciphertexts.iter().enumerate() {
+            let name = format!("retired key {} of MASKPIPE_RETIRED_KEY_CIPHERTEXTS", n + 1);
+            named.push((id, name));
+        }
+        let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+        for (id, name) in &named {
+            if let Some(first) = seen.insert(id, name) {
+                bail!("{name} has the same id as {first}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses `ID=CIPHERTEXT,ID=CIPHERTEXT` (the retired key ciphertexts).
+/// Each entry splits at its first `=`: base64 may end in `=` padding, an id
+/// never holds one. Entries are named by position, never by content.
+fn parse_retired_ciphertexts(text: &str) -> Result<Vec<(String, Ciphertext)>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .enumerate()
+        .map(|(index, entry)| {
+            let n = index + 1;
+            // A ciphertext pasted without `ID=` splits at its padding: the
+            // "id" is the ciphertext and what follows is only `=`.
+            let (id, ciphertext) = entry
+                .split_once('=')
+                .filter(|(id, ciphertext)| {
+                    !id.trim().is_empty() && !ciphertext.trim().trim_matches('=').is_empty()
+                })
+                .with_context(|| format!("retired key {n} is not of the form ID=CIPHERTEXT"))?;
+            let id = id.trim();
+            if !is_valid_key_id(id) {
+                bail!(KeyError::KeyId(KeySlot::Retired(n)));
+            }
+            let ciphertext =
+                Ciphertext::parse(ciphertext).with_context(|| format!("retired key {n}"))?;
+            Ok((id.to_owned(), ciphertext))
+        })
+        .collect()
 }
 
 /// Settings of `maskpipe run`.
@@ -418,23 +614,147 @@ mod tests {
         assert!(parse(&["--database-timeout-seconds", "0"]).is_err());
     }
 
-    #[test]
-    fn missing_or_bad_keys_are_clear_errors() {
-        let keys = |master: Option<&str>| KeyArgs {
+    fn keys(master: Option<&str>) -> KeyArgs {
+        KeyArgs {
             master_key: master.map(Secret::new),
+            master_key_ciphertext: None,
             key_id: "k1".into(),
             retired_keys: None,
-        };
-        let missing = keys(None).keyring().unwrap_err();
+            retired_key_ciphertexts: None,
+            kms_key_id: None,
+        }
+    }
+
+    /// Base64 of bytes KMS never made: these tests stop before KMS.
+    const CIPHERTEXT: &str = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyAhIiM=";
+
+    #[tokio::test]
+    async fn missing_or_bad_keys_are_clear_errors() {
+        let missing = keys(None).keyring().await.unwrap_err();
         assert!(format!("{missing:#}").contains("MASKPIPE_MASTER_KEY"));
         // Opening old values: a new key would open nothing, so no keygen advice.
-        let to_open = format!("{:#}", keys(None).keyring_to_open().unwrap_err());
+        let to_open = format!("{:#}", keys(None).keyring_to_open().await.unwrap_err());
         assert!(to_open.contains("the key that masked"), "{to_open}");
         assert!(!to_open.contains("keygen"), "{to_open}");
-        let short = keys(Some("deadbeef")).keyring().unwrap_err();
+        let short = keys(Some("deadbeef")).keyring().await.unwrap_err();
         assert!(format!("{short:#}").contains("32 bytes"), "{short:#}");
         assert!(!format!("{short:#}").contains("deadbeef"));
-        assert!(keys(Some(&"ab".repeat(32))).keyring().is_ok());
+        // A plaintext key needs no KMS (and no AWS settings).
+        let plain = keys(Some(&"ab".repeat(32)));
+        assert!(!plain.checked().unwrap().uses_kms());
+        assert!(plain.keyring().await.is_ok());
+    }
+
+    /// Everything about the keys that can be checked without KMS is, by
+    /// `checked` (synchronous: it cannot call KMS), and never echoes a key.
+    #[test]
+    fn ciphertext_settings_are_checked_before_kms() {
+        let with = |edit: &dyn Fn(&mut KeyArgs)| {
+            let mut args = keys(None);
+            args.master_key_ciphertext = Some(Secret::new(CIPHERTEXT));
+            edit(&mut args);
+            args.checked().map(|keys| keys.uses_kms())
+        };
+        assert!(with(&|_| {}).unwrap());
+        let error = |edit: &dyn Fn(&mut KeyArgs)| format!("{:#}", with(edit).unwrap_err());
+        type Edit<'a> = &'a dyn Fn(&mut KeyArgs);
+        let cases: [(Edit, &str); 7] = [
+            (
+                &|args| args.master_key = Some(Secret::new("ab".repeat(32))),
+                "MASKPIPE_MASTER_KEY and MASKPIPE_MASTER_KEY_CIPHERTEXT are both set",
+            ),
+            (
+                // Empty counts as set: clap passes an empty variable on.
+                &|args| args.master_key = Some(Secret::new("")),
+                "are both set",
+            ),
+            (
+                &|args| args.master_key_ciphertext = Some(Secret::new("AQID!!")),
+                "MASKPIPE_MASTER_KEY_CIPHERTEXT is unusable: the ciphertext is not base64",
+            ),
+            (
+                &|args| args.kms_key_id = Some(String::new()),
+                "MASKPIPE_KMS_KEY_ID is empty",
+            ),
+            (
+                &|args| args.key_id = "k.1".into(),
+                "the keyring is unusable: the id of the current key is invalid",
+            ),
+            (
+                &|args| {
+                    args.retired_keys = Some(Secret::new(format!("old={}", "cd".repeat(32))));
+                    args.retired_key_ciphertexts =
+                        Some(Secret::new(format!("k0={CIPHERTEXT},old={CIPHERTEXT}")));
+                },
+                "the keyring is unusable: retired key 2 of MASKPIPE_RETIRED_KEY_CIPHERTEXTS \
+                 has the same id as retired key 1 of MASKPIPE_RETIRED_KEYS",
+            ),
+            (
+                &|args| {
+                    args.retired_key_ciphertexts = Some(Secret::new(format!("k1={CIPHERTEXT}")))
+                },
+                "retired key 1 of MASKPIPE_RETIRED_KEY_CIPHERTEXTS has the same id as the current key",
+            ),
+        ];
+        for (edit, expected) in cases {
+            let message = error(edit);
+            assert!(
+                message.contains(expected),
+                "{expected:?} not in {message:?}"
+            );
+            assert!(!message.contains(&CIPHERTEXT[..12]), "{message}");
+            assert!(
+                !message.contains("abab") && !message.contains("cdcd"),
+                "{message}"
+            );
+        }
+        // Only retired keys as ciphertexts: KMS is still needed.
+        let mut retired_only = keys(Some(&"ab".repeat(32)));
+        retired_only.retired_key_ciphertexts = Some(Secret::new(format!("old={CIPHERTEXT}")));
+        assert!(retired_only.checked().unwrap().uses_kms());
+        assert!(retired_only.has_master_key());
+        assert!(!keys(None).has_master_key());
+    }
+
+    #[test]
+    fn retired_ciphertexts_split_at_their_first_equals_sign() {
+        let parsed =
+            parse_retired_ciphertexts(&format!(" a={CIPHERTEXT} ,, b-2 ={CIPHERTEXT}")).unwrap();
+        let ids: Vec<&str> = parsed.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["a", "b-2"]);
+        assert_eq!(parsed[0].1, Ciphertext::parse(CIPHERTEXT).unwrap());
+        let unpadded = CIPHERTEXT.trim_end_matches('=');
+        for (text, expected) in [
+            // Pasted without `ID=`: split at the padding, or not at all.
+            (
+                CIPHERTEXT.to_owned(),
+                "retired key 1 is not of the form ID=CIPHERTEXT",
+            ),
+            (
+                unpadded.to_owned(),
+                "retired key 1 is not of the form ID=CIPHERTEXT",
+            ),
+            (
+                format!("a={CIPHERTEXT},=x"),
+                "retired key 2 is not of the form ID=CIPHERTEXT",
+            ),
+            (
+                format!("a={CIPHERTEXT},b="),
+                "retired key 2 is not of the form ID=CIPHERTEXT",
+            ),
+            (
+                format!("{}={CIPHERTEXT}", &unpadded[..20]),
+                "the id of retired key 1 is invalid",
+            ),
+            (
+                "a=AQID!!".to_owned(),
+                "retired key 1: the ciphertext is not base64",
+            ),
+        ] {
+            let message = format!("{:#}", parse_retired_ciphertexts(&text).unwrap_err());
+            assert!(message.contains(expected), "{text}: {message}");
+            assert!(!message.contains(&unpadded[..8]), "{message}");
+        }
     }
 
     #[test]
@@ -455,5 +775,22 @@ mod tests {
             assert!(!debug.contains(secret), "{secret} in {debug}");
         }
         assert!(debug.contains("master_key: Some(<redacted>)"), "{debug}");
+
+        let run = parse(&[
+            "--master-key-ciphertext",
+            CIPHERTEXT,
+            "--retired-key-ciphertexts",
+            &format!("old={CIPHERTEXT}"),
+        ])
+        .unwrap();
+        let mut args = keys(None);
+        args.master_key_ciphertext = run.keys.master_key_ciphertext.clone();
+        args.retired_key_ciphertexts = run.keys.retired_key_ciphertexts.clone();
+        let debug = format!("{run:?} {:#?} {:?}", run.keys, args.checked().unwrap());
+        assert!(!debug.contains(&CIPHERTEXT[..12]), "{debug}");
+        assert!(
+            debug.contains("master_key_ciphertext: Some(<redacted>)"),
+            "{debug}"
+        );
     }
 }

@@ -42,7 +42,8 @@ pub enum DeadLettersCommand {
     /// Send the selected dead letters' bodies back to the queue, unsealed in
     /// memory, and delete each dead letter once SQS has accepted its message.
     /// Selectors combine: a dead letter is replayed when it matches all given.
-    Replay(ReplayArgs),
+    // Boxed: its settings (the keys' included) are most of the enum's size.
+    Replay(Box<ReplayArgs>),
 }
 
 /// Where the dead letters are: the same settings as `maskpipe run`'s.
@@ -236,8 +237,9 @@ async fn replay(args: &ReplayArgs) -> Result<ExitCode> {
         bail!("say what to replay: --reason, --id, --since, --until, or --all");
     }
     // Everything local first: a bad key must not cost a connection.
-    let keyring = args.keys.keyring_to_open()?;
+    let keys = args.keys.checked_to_open()?;
     let database = args.database.database()?;
+    let keyring = keys.keyring().await?;
     let source = SqsSource::connect(&args.queue).await?;
     let mut sink = PgSink::connect(&database).await?;
     let locked: bool = sink

@@ -8,7 +8,9 @@
 //!                  config         masking (keys, AES-GCM)        record (row + column contract)
 //! ```
 //!
-//! * [`source`]: receive, delete and queue depth: the only AWS SDK user.
+//! * [`source`]: receive, delete and queue depth: the SDK's SQS client.
+//! * [`kms`]: the master key as a KMS data key (decrypt at startup,
+//!   `keygen --kms-key-id`): the SDK's KMS client.
 //! * [`runtime`]: loads and sandboxes the transform component; runs batches
 //!   and protects the PII values the returned rows ask it to.
 //! * [`masking`]: deterministic, reversible masking and dead-letter sealing.
@@ -32,6 +34,7 @@ pub mod cli;
 pub mod config;
 pub mod dberror;
 pub mod dead_letters;
+pub mod kms;
 pub mod ledger;
 pub mod masking;
 pub mod ops;

@@ -68,11 +68,18 @@ impl MasterKey {
                     .map_err(|_| KeyError::Encoding)?
             },
         );
-        let key: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| KeyError::Length(bytes.len()))?;
-        Ok(Self(Zeroizing::new(key)))
+        Self::from_bytes(bytes)
+    }
+
+    /// A key from its 32 raw bytes (a data key KMS decrypted): taken in
+    /// memory that is wiped on drop, as the copy kept is.
+    pub fn from_bytes(bytes: Zeroizing<Vec<u8>>) -> Result<Self, KeyError> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        if bytes.len() != key.len() {
+            return Err(KeyError::Length(bytes.len()));
+        }
+        key.copy_from_slice(&bytes);
+        Ok(Self(key))
     }
 
     /// A fresh random key, hex-encoded (for `maskpipe keygen`).
@@ -450,7 +457,9 @@ fn encode(
     token
 }
 
-fn is_valid_key_id(id: &str) -> bool {
+/// A key id: 1-16 characters of A-Z, a-z, 0-9, `_` or `-` (it is part of
+/// every token's header).
+pub fn is_valid_key_id(id: &str) -> bool {
     (1..=KEY_ID_MAX_LEN).contains(&id.len())
         && id
             .bytes()
@@ -715,6 +724,19 @@ mod tests {
             KeyError::KeyId(KeySlot::Current)
         );
         assert!(parse_retired_keys("k0").is_err());
+    }
+
+    #[test]
+    fn raw_key_bytes_make_the_same_key_as_their_hex() {
+        let raw = Zeroizing::new(hex::decode(KEY_A).unwrap());
+        let ring = Keyring::new("k1", &MasterKey::from_bytes(raw).unwrap(), &[]).unwrap();
+        assert_eq!(ring.mask("f", "v"), keyring("k1", KEY_A).mask("f", "v"));
+        for len in [0, 31, 33, 64] {
+            assert_eq!(
+                MasterKey::from_bytes(Zeroizing::new(vec![7; len])).unwrap_err(),
+                KeyError::Length(len)
+            );
+        }
     }
 
     #[test]

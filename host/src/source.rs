@@ -1,4 +1,5 @@
-//! The SQS source: the only module that speaks the AWS SDK.
+//! The SQS source: the only module that speaks the AWS SDK's SQS client
+//! (KMS has [`crate::kms`]).
 //!
 //! Everything else sees [`Received`] messages and calls `receive`, `delete`
 //! and `depth`. Credentials, region and endpoint come from the standard AWS

@@ -67,6 +67,10 @@ pub enum Command {
     /// Inspect maskpipe's dead letters and send them back to the queue.
     #[command(subcommand)]
     DeadLetters(DeadLettersCommand),
+    /// Re-mask history under the current key after a rotation: masked
+    /// columns and sealed dead letters, in small transactions, while hosts
+    /// write; resumable; prints progress and a summary.
+    Rekey(crate::rekey::RekeyArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -250,6 +254,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             if_created,
         }) => load_queue(&queue, &file, if_created).await,
         Command::DeadLetters(command) => dead_letters::dispatch(command).await,
+        Command::Rekey(args) => crate::rekey::run(args).await,
     }
 }
 

@@ -70,7 +70,7 @@ pub struct DatabaseArgs {
 }
 
 impl DatabaseArgs {
-    fn database(&self) -> Result<Database> {
+    pub(crate) fn database(&self) -> Result<Database> {
         if self.database_url.expose().trim().is_empty() {
             bail!("MASKPIPE_DATABASE_URL is empty");
         }

@@ -22,6 +22,7 @@
 //!   writes to retry and which to split down to the refused rows.
 //! * [`ledger`]: how long the ledger remembers a message id (pruning).
 //! * [`dead_letters`]: listing dead letters and replaying them to the queue.
+//! * [`rekey`]: re-masking history under the current key after a rotation.
 //! * [`pipeline`]: the supervised pollers that drive a batch through all of the above.
 //! * [`swap`]: which component runs: validation, file watching, hot swap.
 //! * [`ops`]: Prometheus metrics, `/healthz` and `/readyz`.
@@ -40,6 +41,7 @@ pub mod masking;
 pub mod ops;
 pub mod pipeline;
 pub mod record;
+pub mod rekey;
 pub mod runtime;
 pub mod schema;
 pub mod sink;

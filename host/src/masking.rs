@@ -398,6 +398,53 @@ impl Keyring {
     }
 }
 
+impl Keyring {
+    /// The start of every value [`Keyring::mask`] makes now (`mp2.<current
+    /// id>.`): a value that starts with it needs no re-keying.
+    pub fn current_mask_prefix(&self) -> String {
+        format!("{}.", self.mask_header)
+    }
+
+    /// The start of every body [`Keyring::seal`] makes now (`mp2s.<current id>.`).
+    pub fn current_seal_prefix(&self) -> String {
+        format!("{}.", self.seal_header)
+    }
+
+    /// The start of pseudonyms made under the current key (`ps1.<current id>.`).
+    pub fn current_pseudonym_prefix(&self) -> String {
+        format!("{}.", self.pseudonym_header)
+    }
+
+    /// A masked value of `field` (`mp2` or `mp1`, under any configured key)
+    /// masked again under the current key; `None` if it already is. The
+    /// plaintext lives only in wiped memory. Anything else (a sealed body, a
+    /// pseudonym, text that is no token) is a [`RevealError::Format`].
+    pub fn remask(&self, field: &str, token: &str) -> Result<Option<String>, RevealError> {
+        match split_token(token).ok_or(RevealError::Format)? {
+            (Scheme::Mask, key_id, _) if key_id == self.current_id => Ok(None),
+            (Scheme::Mask | Scheme::LegacyMask, ..) => {
+                let plain = Zeroizing::new(self.reveal(token, Some(field))?);
+                let text = std::str::from_utf8(&plain).map_err(|_| RevealError::Format)?;
+                Ok(Some(self.mask(field, text)))
+            }
+            (Scheme::Seal | Scheme::LegacySeal, ..) => Err(RevealError::Format),
+        }
+    }
+
+    /// A sealed body (`mp2s` or `mp1s`) of message `message_id` sealed again
+    /// under the current key; `None` if it already is.
+    pub fn reseal(&self, message_id: &str, token: &str) -> Result<Option<String>, RevealError> {
+        match split_token(token).ok_or(RevealError::Format)? {
+            (Scheme::Seal, key_id, _) if key_id == self.current_id => Ok(None),
+            (Scheme::Seal | Scheme::LegacySeal, ..) => {
+                let plain = Zeroizing::new(self.reveal(token, Some(message_id))?);
+                Ok(Some(self.seal(message_id, &plain)))
+            }
+            (Scheme::Mask | Scheme::LegacyMask, ..) => Err(RevealError::Format),
+        }
+    }
+}
+
 /// The longest masked text for a value of `value_len` bytes under a key id
 /// of `key_id_len` characters (the field is authenticated, not stored).
 pub fn masked_len(key_id_len: usize, value_len: usize) -> usize {
@@ -794,5 +841,80 @@ mod tests {
         let masked = ring.mask("device_id", &"x".repeat(128));
         assert_eq!(masked.len(), masked_len(KEY_ID_MAX_LEN, 128));
         assert!(masked.len() <= 256, "{}", masked.len());
+    }
+
+    fn rotated() -> Keyring {
+        let old = MasterKey::parse(KEY_A).unwrap();
+        Keyring::new(
+            "k2",
+            &MasterKey::parse(KEY_B).unwrap(),
+            &[("k1".into(), old)],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn remask_moves_a_value_to_the_current_key_once() {
+        let before = keyring("k1", KEY_A).mask("ip", "10.0.0.1");
+        let ring = rotated();
+        let after = ring.remask("ip", &before).unwrap().unwrap();
+        assert_eq!(after, ring.mask("ip", "10.0.0.1"));
+        assert!(after.starts_with(&ring.current_mask_prefix()), "{after}");
+        // Under the current key already: left alone.
+        assert_eq!(ring.remask("ip", &after), Ok(None));
+        // Version 1 values (bound to no field) become version 2 ones.
+        let legacy = "mp1.k1.yesJdrGIoffmj4Ke7Aqpln0LsStzIGqSjfmGm6zHzGJCAPnGiVGf4m1pWw";
+        assert_eq!(
+            ring.remask("ip", legacy).unwrap().unwrap(),
+            ring.mask("ip", "199.172.111.135")
+        );
+    }
+
+    #[test]
+    fn remask_refuses_what_it_cannot_open_or_make_again() {
+        let ring = rotated();
+        let other_field = keyring("k1", KEY_A).mask("ip", "10.0.0.1");
+        assert_eq!(
+            ring.remask("device_id", &other_field),
+            Err(RevealError::Authentication)
+        );
+        let unknown = keyring("gone", KEY_A).mask("ip", "10.0.0.1");
+        assert_eq!(
+            ring.remask("ip", &unknown),
+            Err(RevealError::UnknownKey("gone".into()))
+        );
+        // Pseudonyms are one-way; sealed bodies are not masked values.
+        let pseudonym = keyring("k1", KEY_A).pseudonymize("ip", "10.0.0.1");
+        assert_eq!(ring.remask("ip", &pseudonym), Err(RevealError::Format));
+        let sealed = ring.seal("m-1", b"body");
+        assert_eq!(ring.remask("ip", &sealed), Err(RevealError::Format));
+        assert_eq!(ring.remask("ip", "10.0.0.1"), Err(RevealError::Format));
+    }
+
+    #[test]
+    fn reseal_moves_a_body_to_the_current_key_bound_to_its_message() {
+        let before = keyring("k1", KEY_A).seal("m-1", b"{\"ip\": \"1.2.3.4\"}");
+        let ring = rotated();
+        let after = ring.reseal("m-1", &before).unwrap().unwrap();
+        assert!(after.starts_with(&ring.current_seal_prefix()), "{after}");
+        assert_eq!(
+            ring.reveal(&after, Some("m-1")).unwrap(),
+            b"{\"ip\": \"1.2.3.4\"}"
+        );
+        assert_eq!(ring.reseal("m-1", &after), Ok(None));
+        assert_eq!(
+            ring.reseal("m-2", &before),
+            Err(RevealError::Authentication)
+        );
+        let legacy = "mp1s.k1.7_YqsZEvWj2iFLw3Z0YMYMftUza9_R7yz2_Givq62i22VAWXayYlf-iTXAKc";
+        let upgraded = ring.reseal("m-9", legacy).unwrap().unwrap();
+        assert_eq!(
+            ring.reveal(&upgraded, Some("m-9")).unwrap(),
+            br#"{"ip": "1.2.3.4"}"#
+        );
+        assert_eq!(
+            ring.reseal("m-1", &ring.mask("ip", "1.2.3.4")),
+            Err(RevealError::Format)
+        );
     }
 }

@@ -338,6 +338,12 @@ impl PgSink {
         &self.client
     }
 
+    /// The connection, for maskpipe's own tools' transactions (bound each
+    /// one by [`Database::timeout`]).
+    pub(crate) fn client_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
     /// Whether the connection has died (the pipeline then reconnects).
     pub fn is_closed(&self) -> bool {
         self.broken.load(Ordering::Relaxed) || self.client.is_closed()

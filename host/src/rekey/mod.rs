@@ -1,0 +1,383 @@
+//! `maskpipe rekey`: history re-masked under the current key, online.
+//!
+//! After a rotation, values masked under a retired key stay under it: the
+//! same value masks differently under two keys, and the retired key cannot
+//! be dropped. `rekey` rewrites them in place under the current key (the
+//! masked columns it is given, by default `user_logins.masked_ip` and
+//! `masked_device_id`, and the sealed bodies and details of
+//! `maskpipe_dead_letters`) while hosts keep writing.
+//!
+//! * **Small transactions.** A table is walked a few pages at a time with a
+//!   TID range scan ([`walk`]). Each step locks the rows of those pages that
+//!   hold a value under another key (`FOR UPDATE`), re-masks them in memory,
+//!   updates them by `ctid` and commits. Hosts only insert, so they never
+//!   wait for it, and a row stays locked for one step.
+//! * **Row identity.** `user_logins` has no key. A `ctid` names a row only
+//!   within the transaction that locked it: a locked row cannot be updated,
+//!   deleted or moved (VACUUM FULL and CLUSTER need a lock that conflicts with
+//!   ours) until the step commits. No `ctid` outlives its step; only a page
+//!   number does.
+//! * **Exactly once, resumable.** A value already under the current key is
+//!   never touched, so a step redone after `kill -9` (its transaction rolled
+//!   back) rewrites only what it had not committed. Each step saves the page
+//!   to resume at in its own transaction (`maskpipe_rekey_progress`). A final
+//!   count over the whole table catches what a walk can miss (a row written
+//!   behind it by a host still on a retired key, pages rewritten by VACUUM
+//!   FULL between runs) and walks again.
+//! * **What is left as it is.** Pseudonyms (`ps1.…`) are one-way: without the
+//!   value they cannot be made under another key, so they stay, counted in the
+//!   summary. A value whose key is not configured, or that does not open, is
+//!   kept as it was and makes the exit status 1. Nothing is ever logged but
+//!   counts and key ids.
+//!
+//! One rekey runs at a time per database (an advisory lock).
+
+mod progress;
+mod target;
+mod walk;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::config::KeyArgs;
+use crate::dead_letters::DatabaseArgs;
+use crate::masking::RevealError;
+use crate::sink::PgSink;
+
+use progress::Progress;
+use target::Target;
+use walk::Walk;
+
+/// Held for the whole of a rekey. ("maskpipe" + 3: the sink uses + 0 and + 1,
+/// dead-letter replay + 2.)
+const REKEY_LOCK: i64 = 0x6d61_736b_7069_7065 + 3;
+/// Walks of one table before giving up on values that keep appearing under
+/// a retired key (a host still masking with it).
+const MAX_WALKS: usize = 3;
+/// Where a walk resumes after `kill -9`. Made by the first rekey.
+const PROGRESS_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS maskpipe_rekey_progress (
+    target text NOT NULL,
+    key_id text NOT NULL,
+    next_page bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (target, key_id)
+)";
+
+#[derive(Args, Debug)]
+pub struct RekeyArgs {
+    /// A column of masked values and the field its values were masked as
+    /// (`reveal --field`), as TABLE.COLUMN=FIELD; repeatable. Default:
+    /// user_logins.masked_ip=ip and user_logins.masked_device_id=device_id.
+    #[arg(long = "column", value_name = "TABLE.COLUMN=FIELD", value_parser = MaskedColumn::parse)]
+    pub columns: Vec<MaskedColumn>,
+
+    /// Table pages (8 KiB) read per transaction: the rows of that many pages
+    /// stay locked for one step.
+    #[arg(long, default_value_t = 16, value_name = "PAGES",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub pages_per_step: u32,
+
+    /// Dead letters per transaction.
+    #[arg(long, default_value_t = 200, value_name = "ROWS",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub dead_letters_per_step: u32,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+/// `TABLE.COLUMN=FIELD`: a column of masked values, and the field they were
+/// masked as (their AEAD is bound to it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskedColumn {
+    pub table: String,
+    pub column: String,
+    pub field: String,
+}
+
+impl MaskedColumn {
+    fn parse(text: &str) -> Result<Self, String> {
+        let usage = || format!("expected TABLE.COLUMN=FIELD, got {text:?}");
+        let (place, field) = text.split_once('=').ok_or_else(usage)?;
+        let (table, column) = place.split_once('.').ok_or_else(usage)?;
+        for name in [table, column] {
+            if !is_plain_identifier(name) {
+                return Err(format!(
+                    "{name:?} is not a plain SQL name (lower case letters, digits and '_')"
+                ));
+            }
+        }
+        if field.is_empty() {
+            return Err(usage());
+        }
+        Ok(Self {
+            table: table.to_owned(),
+            column: column.to_owned(),
+            field: field.to_owned(),
+        })
+    }
+
+    fn defaults() -> Vec<Self> {
+        [("masked_ip", "ip"), ("masked_device_id", "device_id")]
+            .into_iter()
+            .map(|(column, field)| Self {
+                table: "user_logins".into(),
+                column: column.into(),
+                field: field.into(),
+            })
+            .collect()
+    }
+}
+
+/// `[a-z_][a-z0-9_]*`: means the same quoted or not (statements quote it anyway).
+fn is_plain_identifier(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && !name.as_bytes()[0].is_ascii_digit()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// What one target's walks did and found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tally {
+    /// Rows updated, and the values in them re-masked or resealed.
+    pub rows: u64,
+    pub values: u64,
+    /// Values kept as they were, by why (from the last walk only: a redone
+    /// walk meets them again).
+    pub kept: BTreeMap<Kept, u64>,
+}
+
+/// Why a value under another key was kept as it was.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kept {
+    /// Masked under a key id that is not configured.
+    UnknownKey(String),
+    /// Did not open: altered, or masked as another field than the one given.
+    Authentication,
+    /// Not a value maskpipe makes (starts like one).
+    NotAToken,
+}
+
+impl Kept {
+    fn of(error: RevealError) -> Self {
+        match error {
+            RevealError::UnknownKey(id) => Self::UnknownKey(id),
+            RevealError::Authentication => Self::Authentication,
+            RevealError::Format | RevealError::MissingContext(_) => Self::NotAToken,
+        }
+    }
+}
+
+impl fmt::Display for Kept {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownKey(id) => write!(f, "key id {id:?} is not configured"),
+            Self::Authentication => f.write_str("did not open (altered, or another field)"),
+            Self::NotAToken => f.write_str("not a maskpipe value"),
+        }
+    }
+}
+
+impl Tally {
+    fn kept_total(&self) -> u64 {
+        self.kept.values().sum()
+    }
+}
+
+/// One target's outcome, for the summary.
+struct Report {
+    name: String,
+    tally: Tally,
+    /// Values still under another key after the last walk (the kept ones, or
+    /// more if a host keeps writing under a retired key).
+    remaining: u64,
+    /// `ps1` pseudonyms under other keys: one-way, left as they are.
+    pseudonyms: u64,
+}
+
+pub async fn run(args: RekeyArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    // Everything local first: a bad key must not cost a connection.
+    let keys = args.keys.checked_to_open()?;
+    let database = args.database.database()?;
+    let keyring = keys.keyring().await?;
+    let mut sink = PgSink::connect(&database).await?;
+    let locked: bool = sink
+        .bounded(
+            sink.client()
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&REKEY_LOCK]),
+        )
+        .await?
+        .get(0);
+    if !locked {
+        bail!("another rekey is running against this database");
+    }
+    sink.bounded(sink.client().batch_execute(PROGRESS_TABLE))
+        .await
+        .context("cannot create maskpipe_rekey_progress")?;
+
+    let explicit = !args.columns.is_empty();
+    let columns = if explicit {
+        args.columns.clone()
+    } else {
+        MaskedColumn::defaults()
+    };
+    let mut notes = Vec::new();
+    let mut targets = Vec::new();
+    for target in Target::resolve(&sink, &columns, args.pages_per_step).await? {
+        match target {
+            Ok(target) => targets.push(target),
+            Err(missing) if explicit => bail!("{missing}"),
+            Err(missing) => notes.push(format!("{missing}: skipped")),
+        }
+    }
+    match Target::dead_letters(&sink, args.dead_letters_per_step).await? {
+        Some(target) => targets.push(target),
+        None => notes.push("no maskpipe_dead_letters table: skipped".into()),
+    }
+
+    let mut progress = Progress::new(keyring.current_key_id());
+    for target in &targets {
+        progress.add_total(target.size(&sink, &keyring).await?);
+    }
+    let deadline = database.timeout() + Duration::from_secs(5);
+    let mut reports = Vec::new();
+    for target in &targets {
+        let mut tally = Tally::default();
+        let mut remaining = 0;
+        for attempt in 0..MAX_WALKS {
+            let mut walk = Walk::new(target, &keyring, deadline);
+            // Only the first walk resumes; a later one reads the table whole.
+            let resume = attempt == 0;
+            let found = walk.run(sink.client_mut(), resume, &mut progress).await?;
+            tally.rows += found.rows;
+            tally.values += found.values;
+            tally.kept = found.kept.clone();
+            remaining = target.remaining(&sink, &keyring).await?;
+            // Done when nothing is left, or only what this walk saw and kept
+            // (a walk that resumed mid-way did not see the pages before).
+            if remaining == 0 || (remaining <= found.kept_total() && !walk.skipped_any()) {
+                break;
+            }
+        }
+        let pseudonyms = target.old_pseudonyms(&sink, &keyring).await?;
+        reports.push(Report {
+            name: target.name(),
+            tally,
+            remaining,
+            pseudonyms,
+        });
+    }
+    progress.finish();
+    print_summary(
+        &reports,
+        &notes,
+        keyring.current_key_id(),
+        started.elapsed(),
+    );
+    let clean = reports.iter().all(|report| report.remaining == 0);
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_summary(reports: &[Report], notes: &[String], key_id: &str, elapsed: Duration) {
+    let mut out = std::io::stdout().lock();
+    let left: u64 = reports.iter().map(|report| report.remaining).sum();
+    let seconds = elapsed.as_secs_f64();
+    let _ = if left == 0 {
+        writeln!(
+            out,
+            "maskpipe rekey: every masked value and sealed body is under key {key_id} ({seconds:.1} s)"
+        )
+    } else {
+        writeln!(
+            out,
+            "maskpipe rekey: {left} values are not under key {key_id} and were kept as they were ({seconds:.1} s)"
+        )
+    };
+    for report in reports {
+        let _ = writeln!(
+            out,
+            "  {}: {} rows rewritten ({} values)",
+            report.name, report.tally.rows, report.tally.values
+        );
+        for (why, count) in &report.tally.kept {
+            let _ = writeln!(out, "    {count} kept: {why}");
+        }
+        let unexplained = report.remaining.saturating_sub(report.tally.kept_total());
+        if unexplained > 0 {
+            let _ = writeln!(
+                out,
+                "    {unexplained} still appearing under a retired key: is a host still masking with one?"
+            );
+        }
+        if report.pseudonyms > 0 {
+            let _ = writeln!(
+                out,
+                "    {} pseudonyms (ps1) under other keys left as they are: one-way, they cannot be re-keyed",
+                report.pseudonyms
+            );
+        }
+    }
+    for note in notes {
+        let _ = writeln!(out, "  {note}");
+    }
+    if left > 0 {
+        let _ = writeln!(
+            out,
+            "  configure the missing keys (MASKPIPE_RETIRED_KEYS) or fix the --column fields, then run rekey again"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_column_is_table_dot_column_equals_field() {
+        assert_eq!(
+            MaskedColumn::parse("login_devices.masked_ip=ip").unwrap(),
+            MaskedColumn {
+                table: "login_devices".into(),
+                column: "masked_ip".into(),
+                field: "ip".into()
+            }
+        );
+        for bad in [
+            "user_logins.masked_ip",
+            "masked_ip=ip",
+            "user_logins.masked_ip=",
+            "User.x=ip",
+            "t.\"x\"=ip",
+            "t.x;drop=ip",
+            "1t.x=ip",
+        ] {
+            assert!(MaskedColumn::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn kept_values_are_named_by_key_id_and_reason_only() {
+        assert_eq!(
+            Kept::of(RevealError::UnknownKey("old".into())).to_string(),
+            "key id \"old\" is not configured"
+        );
+        assert_eq!(Kept::of(RevealError::Format), Kept::NotAToken);
+    }
+}

@@ -15,6 +15,8 @@ use maskpipe::sink::{Database, PgSink};
 const OLD_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 const NEW_HEX: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
 const SEEDED: usize = 100_000;
+/// `maskpipe rekey`'s advisory lock ("maskpipe" + 3).
+const REKEY_LOCK: i64 = 0x6d61_736b_7069_7065 + 3;
 
 fn old_keyring() -> Keyring {
     Keyring::new("k1", &MasterKey::parse(OLD_HEX).unwrap(), &[]).unwrap()
@@ -146,26 +148,42 @@ async fn rekey_moves_100k_rows_to_the_new_key_while_a_host_writes_and_resumes_af
     let host = spawn_host(queue.queue_url(), &database_url, &keys);
     wait_until_processed(&database_url, 20, Duration::from_secs(60)).await;
 
-    // The first rekey, killed with -9 a third of the way through the table.
+    // The first rekey, stopped a third of the way through the table: the
+    // test holds a row there (FOR SHARE), so the step that must lock it
+    // waits, and is killed with -9 while it does.
+    let mut holder = query_client(&database_url).await;
+    let hold = holder.transaction().await.unwrap();
+    let held_page = pages / 3;
+    let held: String = hold
+        .query_one(
+            "SELECT ctid::text AS held FROM user_logins
+             WHERE ctid >= $1::text::tid AND user_id LIKE 'seed-%'
+             ORDER BY user_logins.ctid LIMIT 1 FOR SHARE",
+            &[&format!("({held_page},0)")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(held.starts_with(&format!("({held_page},")), "{held}");
     let mut first = rekey_command(&database_url, &["--pages-per-step", "8"]);
     let mut first = first
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let blocked_at = held_page / 8 * 8;
     wait_for(
-        "a third of the table re-keyed",
+        "the rekey to reach the held row",
         Duration::from_secs(120),
-        async || next_page(&db).await >= pages / 3,
+        async || next_page(&db).await >= blocked_at,
     )
     .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     first.start_kill().unwrap();
     first.wait().await.unwrap();
+    hold.rollback().await.unwrap();
     let killed_at = next_page(&db).await;
-    assert!(
-        killed_at < pages,
-        "killed at page {killed_at} of {pages}: not mid-way"
-    );
+    assert_eq!(killed_at, blocked_at, "the walk passed the held row");
 
     // What the killed run committed: these rows must not be written again.
     let done_before: HashSet<(String, String)> = db
@@ -186,22 +204,38 @@ async fn rekey_moves_100k_rows_to_the_new_key_while_a_host_writes_and_resumes_af
     );
     assert!(done_before.len() < SEEDED);
 
-    // The resumed run; a second one at the same time is refused.
-    let resumed = rekey_command(&database_url, &["--pages-per-step", "8"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+    // While one rekey holds the database (here: the test, holding its
+    // lock), another is refused.
+    db.execute("SELECT pg_advisory_lock($1)", &[&REKEY_LOCK])
+        .await
         .unwrap();
-    wait_for(
-        "the resumed rekey to advance",
-        Duration::from_secs(60),
-        async || next_page(&db).await > killed_at,
-    )
-    .await;
     let second = run_with_limit(rekey_command(&database_url, &[]), Duration::from_secs(60)).await;
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success());
     assert!(stderr.contains("another rekey is running"), "{stderr}");
+    db.execute("SELECT pg_advisory_unlock($1)", &[&REKEY_LOCK])
+        .await
+        .unwrap();
+
+    // The resumed run starts where the killed one stopped: its saved page
+    // never goes back below that (0 again once the table is done).
+    let mut resumed = rekey_command(&database_url, &["--pages-per-step", "8"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lowest = i64::MAX;
+    while resumed.try_wait().unwrap().is_none() {
+        let page = next_page(&db).await;
+        if page > 0 {
+            lowest = lowest.min(page);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        lowest >= killed_at,
+        "resumed at page {lowest}, not {killed_at}"
+    );
     let resumed = tokio::time::timeout(Duration::from_secs(300), resumed.wait_with_output())
         .await
         .expect("the resumed rekey did not finish")
@@ -392,12 +426,39 @@ async fn rekey_keeps_what_it_cannot_open_and_exits_1() {
     )
     .await
     .unwrap();
+    // A row PostgreSQL refuses to take under the new key (a CHECK), on the
+    // same page as the others: only it keeps its old values.
+    db.execute(
+        "INSERT INTO user_logins (user_id, masked_ip, masked_device_id) VALUES ('refused', $1, $2)",
+        &[
+            &old.mask("ip", "10.99.88.81"),
+            &old.mask("device_id", "333-44-5555"),
+        ],
+    )
+    .await
+    .unwrap();
+    db.batch_execute(
+        "ALTER TABLE user_logins ADD CONSTRAINT no_new_key_for_refused
+         CHECK (user_id IS DISTINCT FROM 'refused' OR masked_ip NOT LIKE 'mp2.k2.%')",
+    )
+    .await
+    .unwrap();
 
     let output = run_with_limit(rekey_command(&database_url, &[]), Duration::from_secs(60)).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
-    assert!(stdout.contains("3 values are not under key k2"), "{stdout}");
+    assert!(stdout.contains("5 values are not under key k2"), "{stdout}");
+    assert!(
+        stdout.contains("2 kept: PostgreSQL refused the update (SQLSTATE 23514)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("still appearing"), "{stdout}");
+    assert!(
+        !format!("{stdout}{stderr}").contains("Failing row")
+            && !format!("{stdout}{stderr}").contains("(refused"),
+        "a row was quoted"
+    );
     assert!(
         stdout.contains("1 kept: key id \"gone\" is not configured"),
         "{stdout}"
@@ -405,7 +466,14 @@ async fn rekey_keeps_what_it_cannot_open_and_exits_1() {
     assert!(stdout.contains("1 kept: did not open"), "{stdout}");
     assert!(stdout.contains("1 kept: not a maskpipe value"), "{stdout}");
     assert!(stdout.contains("3 rows rewritten (4 values)"), "{stdout}");
-    for plain in ["10.99.88", "111-22-3333", "mpls-router-1", OLD_HEX, NEW_HEX] {
+    for plain in [
+        "10.99.88",
+        "111-22-3333",
+        "333-44-5555",
+        "mpls-router-1",
+        OLD_HEX,
+        NEW_HEX,
+    ] {
         assert!(
             !stdout.contains(plain) && !stderr.contains(plain),
             "{plain} shown"
@@ -440,6 +508,75 @@ async fn rekey_keeps_what_it_cannot_open_and_exits_1() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, &str>(0), "mpls-router-1");
+    let row = db
+        .query_one(
+            "SELECT masked_ip FROM user_logins WHERE user_id = 'refused'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, &str>(0).starts_with("mp2.k1."));
+
+    // Told to leave the unknown key's values (data to be shredded with that
+    // key), and with the rest fixed, the rekey is clean.
+    db.batch_execute(
+        "DELETE FROM user_logins WHERE user_id IN ('swapped', 'clear');
+         ALTER TABLE user_logins DROP CONSTRAINT no_new_key_for_refused",
+    )
+    .await
+    .unwrap();
+    let output = run_with_limit(
+        rekey_command(&database_url, &["--skip-key", "gone"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("1 values under skipped keys (--skip-key) left as they are"),
+        "{stdout}"
+    );
+    let kept: i64 = db
+        .query_one(
+            "SELECT count(*) FROM user_logins WHERE masked_ip = $1",
+            &[&cases[0].1],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 1, "the skipped key's value was rewritten");
+
+    // A field that none of a column's values opens as is refused before
+    // anything is rewritten: its mp1 values would be bound to it for good.
+    db.batch_execute("CREATE TABLE other_logins (masked_x varchar(256))")
+        .await
+        .unwrap();
+    let masked_as_ip = old.mask("ip", "10.1.1.1");
+    db.execute("INSERT INTO other_logins VALUES ($1)", &[&masked_as_ip])
+        .await
+        .unwrap();
+    let output = run_with_limit(
+        rekey_command(
+            &database_url,
+            &["--column", "other_logins.masked_x=device_id"],
+        ),
+        Duration::from_secs(60),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr.contains("none of its values opens as field \"device_id\""),
+        "{stderr}"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM other_logins WHERE masked_x LIKE 'mp2.k1.%'"
+        )
+        .await,
+        1
+    );
 
     // A column that does not exist, named explicitly, is an error.
     let output = run_with_limit(
@@ -587,5 +724,62 @@ async fn the_three_rotation_commands_with_kms_held_keys() {
     assert_eq!(
         String::from_utf8_lossy(&output.stdout).trim(),
         "199.172.111.135"
+    );
+}
+
+/// A row written under a retired key behind the walk is caught by the final
+/// count and walked again; rows that keep coming under a retired key (a host
+/// never restarted) are reported, exit 1. A trigger plays the host.
+#[tokio::test]
+async fn values_written_behind_the_walk_are_walked_again_or_reported() {
+    let database_url = fresh_database().await;
+    let mut sink = PgSink::connect(&Database::new(&database_url, None).unwrap())
+        .await
+        .unwrap();
+    prepare_sink(&mut sink).await;
+    let db = query_client(&database_url).await;
+    let old_ip = old_keyring().mask("ip", "10.7.7.7");
+    db.batch_execute(&format!(
+        "CREATE FUNCTION old_host() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF OLD.user_id = 'once' THEN
+                 INSERT INTO user_logins (user_id, masked_ip) VALUES ('once-more', '{old_ip}');
+             ELSIF OLD.user_id = 'always' THEN
+                 INSERT INTO user_logins (user_id, masked_ip) VALUES ('always', '{old_ip}');
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER old_host AFTER UPDATE ON user_logins
+             FOR EACH ROW EXECUTE FUNCTION old_host();
+         INSERT INTO user_logins (user_id, masked_ip) VALUES ('once', '{old_ip}');"
+    ))
+    .await
+    .unwrap();
+
+    let output = run_with_limit(rekey_command(&database_url, &[]), Duration::from_secs(60)).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("2 rows rewritten (2 values)"), "{stdout}");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM user_logins WHERE masked_ip NOT LIKE 'mp2.k2.%'"
+        )
+        .await,
+        0
+    );
+
+    db.execute(
+        "INSERT INTO user_logins (user_id, masked_ip) VALUES ('always', $1)",
+        &[&old_ip],
+    )
+    .await
+    .unwrap();
+    let output = run_with_limit(rekey_command(&database_url, &[]), Duration::from_secs(60)).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("1 still appearing under a retired key: is a host still masking with one?"),
+        "{stdout}"
     );
 }

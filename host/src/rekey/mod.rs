@@ -47,11 +47,11 @@ use clap::Args;
 
 use crate::config::KeyArgs;
 use crate::dead_letters::DatabaseArgs;
-use crate::masking::RevealError;
+use crate::masking::{Keyring, RevealError, is_valid_key_id};
 use crate::sink::PgSink;
 
 use progress::Progress;
-use target::Target;
+use target::{Counts, Target};
 use walk::Walk;
 
 /// Held for the whole of a rekey. ("maskpipe" + 3: the sink uses + 0 and + 1,
@@ -60,6 +60,11 @@ const REKEY_LOCK: i64 = 0x6d61_736b_7069_7065 + 3;
 /// Walks of one table before giving up on values that keep appearing under
 /// a retired key (a host still masking with it).
 const MAX_WALKS: usize = 3;
+/// How long a rekey waits for the lock: a killed rekey's session may hold
+/// it until its server process notices the closed connection.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// Masked values a column's field is checked against before any is rewritten.
+const FIELD_SAMPLE: i64 = 50;
 /// Where a walk resumes after `kill -9`. Made by the first rekey.
 const PROGRESS_TABLE: &str = "
 CREATE TABLE IF NOT EXISTS maskpipe_rekey_progress (
@@ -72,11 +77,18 @@ CREATE TABLE IF NOT EXISTS maskpipe_rekey_progress (
 
 #[derive(Args, Debug)]
 pub struct RekeyArgs {
-    /// A column of masked values and the field its values were masked as
-    /// (`reveal --field`), as TABLE.COLUMN=FIELD; repeatable. Default:
-    /// user_logins.masked_ip=ip and user_logins.masked_device_id=device_id.
+    /// Another column of masked values and the field its values were masked
+    /// as (`reveal --field`), as TABLE.COLUMN=FIELD; repeatable. Always
+    /// walked as well: user_logins.masked_ip=ip and
+    /// user_logins.masked_device_id=device_id (when that table exists).
     #[arg(long = "column", value_name = "TABLE.COLUMN=FIELD", value_parser = MaskedColumn::parse)]
     pub columns: Vec<MaskedColumn>,
+
+    /// Leave values under this key id as they are, and do not count them as
+    /// left over: data kept under its own key to be crypto-shredded later.
+    /// Repeatable.
+    #[arg(long = "skip-key", value_name = "ID")]
+    pub skip_keys: Vec<String>,
 
     /// Table pages (8 KiB) read per transaction: the rows of that many pages
     /// stay locked for one step.
@@ -166,6 +178,9 @@ pub enum Kept {
     UnknownKey(String),
     /// Did not open: altered, or masked as another field than the one given.
     Authentication,
+    /// PostgreSQL refused the row's update (this SQLSTATE): a constraint,
+    /// a trigger, a value too long for its column.
+    Refused(String),
     /// Not a value maskpipe makes (starts like one).
     NotAToken,
 }
@@ -174,8 +189,9 @@ impl Kept {
     fn of(error: RevealError) -> Self {
         match error {
             RevealError::UnknownKey(id) => Self::UnknownKey(id),
-            RevealError::Authentication => Self::Authentication,
-            RevealError::Format | RevealError::MissingContext(_) => Self::NotAToken,
+            // Never without context here: the field or message id is always given.
+            RevealError::Authentication | RevealError::MissingContext(_) => Self::Authentication,
+            RevealError::Format => Self::NotAToken,
         }
     }
 }
@@ -186,6 +202,9 @@ impl fmt::Display for Kept {
             Self::UnknownKey(id) => write!(f, "key id {id:?} is not configured"),
             Self::Authentication => f.write_str("did not open (altered, or another field)"),
             Self::NotAToken => f.write_str("not a maskpipe value"),
+            Self::Refused(sqlstate) => {
+                write!(f, "PostgreSQL refused the update (SQLSTATE {sqlstate})")
+            }
         }
     }
 }
@@ -200,11 +219,10 @@ impl Tally {
 struct Report {
     name: String,
     tally: Tally,
-    /// Values still under another key after the last walk (the kept ones, or
-    /// more if a host keeps writing under a retired key).
-    remaining: u64,
-    /// `ps1` pseudonyms under other keys: one-way, left as they are.
-    pseudonyms: u64,
+    /// After the last walk: values still under another key (the kept ones,
+    /// or more if a host keeps writing under a retired key), pseudonyms
+    /// under other keys, values under skipped keys.
+    counts: Counts,
 }
 
 pub async fn run(args: RekeyArgs) -> Result<ExitCode> {
@@ -212,36 +230,47 @@ pub async fn run(args: RekeyArgs) -> Result<ExitCode> {
     // Everything local first: a bad key must not cost a connection.
     let keys = args.keys.checked_to_open()?;
     let database = args.database.database()?;
-    let keyring = keys.keyring().await?;
-    let mut sink = PgSink::connect(&database).await?;
-    let locked: bool = sink
-        .bounded(
-            sink.client()
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&REKEY_LOCK]),
-        )
-        .await?
-        .get(0);
-    if !locked {
-        bail!("another rekey is running against this database");
+    if let Some(bad) = args.skip_keys.iter().find(|id| !is_valid_key_id(id)) {
+        bail!("--skip-key {bad:?} is not a key id (1-16 of A-Z, a-z, 0-9, '_', '-')");
     }
+    let keyring = keys.keyring().await?;
+    if args
+        .skip_keys
+        .iter()
+        .any(|id| id == keyring.current_key_id())
+    {
+        bail!("--skip-key names the current key: its values need no rekey");
+    }
+    let mut sink = PgSink::connect(&database).await?;
+    lock(&sink).await?;
     sink.bounded(sink.client().batch_execute(PROGRESS_TABLE))
         .await
         .context("cannot create maskpipe_rekey_progress")?;
 
-    let explicit = !args.columns.is_empty();
-    let columns = if explicit {
-        args.columns.clone()
-    } else {
-        MaskedColumn::defaults()
-    };
     let mut notes = Vec::new();
     let mut targets = Vec::new();
-    for target in Target::resolve(&sink, &columns, args.pages_per_step).await? {
+    let defaults = MaskedColumn::defaults();
+    let mut columns = defaults.clone();
+    columns.extend(args.columns.iter().cloned());
+    for (target, defaulted) in Target::resolve(&sink, &columns, args.pages_per_step)
+        .await?
+        .into_iter()
+        .zip(is_default_table(&columns, &defaults))
+    {
         match target {
             Ok(target) => targets.push(target),
-            Err(missing) if explicit => bail!("{missing}"),
+            Err(missing) if !defaulted => bail!("{missing}"),
             Err(missing) => notes.push(format!("{missing}: skipped")),
         }
+    }
+    if targets.is_empty() {
+        bail!(
+            "no masked column to re-key: {} (name them with --column TABLE.COLUMN=FIELD)",
+            notes.join("; ").replace(": skipped", "")
+        );
+    }
+    for target in &targets {
+        notes.extend(check_fields(&sink, target, &keyring).await?);
     }
     match Target::dead_letters(&sink, args.dead_letters_per_step).await? {
         Some(target) => targets.push(target),
@@ -250,34 +279,37 @@ pub async fn run(args: RekeyArgs) -> Result<ExitCode> {
 
     let mut progress = Progress::new(keyring.current_key_id());
     for target in &targets {
-        progress.add_total(target.size(&sink, &keyring).await?);
+        let filter = target.filter(&keyring, &args.skip_keys);
+        progress.add_total(target.size(&sink, &filter).await?);
     }
-    let deadline = database.timeout() + Duration::from_secs(5);
+    let step_deadline = (database.timeout() + Duration::from_secs(5)) * 4;
     let mut reports = Vec::new();
     for target in &targets {
+        let filter = target.filter(&keyring, &args.skip_keys);
         let mut tally = Tally::default();
-        let mut remaining = 0;
+        let mut counts = Counts::default();
         for attempt in 0..MAX_WALKS {
-            let mut walk = Walk::new(target, &keyring, deadline);
+            let mut walk = Walk::new(target, &keyring, &filter, step_deadline);
             // Only the first walk resumes; a later one reads the table whole.
-            let resume = attempt == 0;
-            let found = walk.run(sink.client_mut(), resume, &mut progress).await?;
+            let found = walk
+                .run(sink.client_mut(), attempt == 0, &mut progress)
+                .await?;
             tally.rows += found.rows;
             tally.values += found.values;
             tally.kept = found.kept.clone();
-            remaining = target.remaining(&sink, &keyring).await?;
-            // Done when nothing is left, or only what this walk saw and kept
-            // (a walk that resumed mid-way did not see the pages before).
-            if remaining == 0 || (remaining <= found.kept_total() && !walk.skipped_any()) {
+            counts = target.count(&sink, &filter, &keyring).await?;
+            // Done when nothing is left, or when a whole walk rewrote nothing
+            // (what is left is what it kept). A walk that rewrote something
+            // may have missed values written behind it: walk again.
+            let whole = !walk.resumed_mid_way();
+            if counts.remaining == 0 || (whole && found.values == 0) {
                 break;
             }
         }
-        let pseudonyms = target.old_pseudonyms(&sink, &keyring).await?;
         reports.push(Report {
             name: target.name(),
             tally,
-            remaining,
-            pseudonyms,
+            counts,
         });
     }
     progress.finish();
@@ -287,7 +319,7 @@ pub async fn run(args: RekeyArgs) -> Result<ExitCode> {
         keyring.current_key_id(),
         started.elapsed(),
     );
-    let clean = reports.iter().all(|report| report.remaining == 0);
+    let clean = reports.iter().all(|report| report.counts.remaining == 0);
     Ok(if clean {
         ExitCode::SUCCESS
     } else {
@@ -295,9 +327,83 @@ pub async fn run(args: RekeyArgs) -> Result<ExitCode> {
     })
 }
 
+/// For each table `Target::resolve` returns (in the order their first
+/// column comes), whether it is only the defaults' table.
+fn is_default_table(columns: &[MaskedColumn], defaults: &[MaskedColumn]) -> Vec<bool> {
+    let mut tables: Vec<(&str, bool)> = Vec::new();
+    for column in columns {
+        let default = defaults.contains(column);
+        match tables.iter_mut().find(|(table, _)| *table == column.table) {
+            Some((_, only_defaults)) => *only_defaults &= default,
+            None => tables.push((&column.table, default)),
+        }
+    }
+    tables.into_iter().map(|(_, default)| default).collect()
+}
+
+/// Takes the one-rekey-per-database lock, waiting a little for a killed
+/// rekey's session to end.
+async fn lock(sink: &PgSink) -> Result<()> {
+    let waited = Instant::now();
+    loop {
+        let locked: bool = sink
+            .bounded(
+                sink.client()
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&REKEY_LOCK]),
+            )
+            .await?
+            .get(0);
+        if locked {
+            return Ok(());
+        }
+        if waited.elapsed() >= LOCK_WAIT {
+            bail!("another rekey is running against this database");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Checks each column's field against a sample of its `mp2` values before
+/// anything is rewritten: a wrong field would bind its `mp1` values (which
+/// carry no field) to it, and they would no longer open as the right one.
+/// A column with no `mp2` value to check against gets a note.
+async fn check_fields(sink: &PgSink, target: &Target, keyring: &Keyring) -> Result<Vec<String>> {
+    let Target::Table { table, columns, .. } = target else {
+        return Ok(Vec::new());
+    };
+    let mut notes = Vec::new();
+    for (column, field) in columns {
+        let sql = format!(
+            "SELECT {c} FROM {t} WHERE left({c}, 4) = 'mp2.' LIMIT $1",
+            c = target::quoted(column),
+            t = target::quoted(table)
+        );
+        let sample = sink
+            .bounded(sink.client().query(&sql, &[&FIELD_SAMPLE]))
+            .await?;
+        let outcomes: Vec<_> = sample
+            .iter()
+            .map(|row| keyring.reveal(row.get(0), Some(field)).map(drop))
+            .collect();
+        let opened = outcomes.iter().any(Result::is_ok);
+        let refused = outcomes.contains(&Err(RevealError::Authentication));
+        if !opened && refused {
+            bail!(
+                "{table}.{column}: none of its values opens as field {field:?}: give the field they were masked as (--column {table}.{column}=FIELD)"
+            );
+        }
+        if !opened {
+            notes.push(format!(
+                "{table}.{column}: no value to check field {field:?} against; its values were re-masked as {field:?}"
+            ));
+        }
+    }
+    Ok(notes)
+}
+
 fn print_summary(reports: &[Report], notes: &[String], key_id: &str, elapsed: Duration) {
     let mut out = std::io::stdout().lock();
-    let left: u64 = reports.iter().map(|report| report.remaining).sum();
+    let left: u64 = reports.iter().map(|report| report.counts.remaining).sum();
     let seconds = elapsed.as_secs_f64();
     let _ = if left == 0 {
         writeln!(
@@ -319,18 +425,28 @@ fn print_summary(reports: &[Report], notes: &[String], key_id: &str, elapsed: Du
         for (why, count) in &report.tally.kept {
             let _ = writeln!(out, "    {count} kept: {why}");
         }
-        let unexplained = report.remaining.saturating_sub(report.tally.kept_total());
+        let unexplained = report
+            .counts
+            .remaining
+            .saturating_sub(report.tally.kept_total());
         if unexplained > 0 {
             let _ = writeln!(
                 out,
                 "    {unexplained} still appearing under a retired key: is a host still masking with one?"
             );
         }
-        if report.pseudonyms > 0 {
+        if report.counts.pseudonyms > 0 {
             let _ = writeln!(
                 out,
                 "    {} pseudonyms (ps1) under other keys left as they are: one-way, they cannot be re-keyed",
-                report.pseudonyms
+                report.counts.pseudonyms
+            );
+        }
+        if report.counts.skipped > 0 {
+            let _ = writeln!(
+                out,
+                "    {} values under skipped keys (--skip-key) left as they are",
+                report.counts.skipped
             );
         }
     }
@@ -340,7 +456,8 @@ fn print_summary(reports: &[Report], notes: &[String], key_id: &str, elapsed: Du
     if left > 0 {
         let _ = writeln!(
             out,
-            "  configure the missing keys (MASKPIPE_RETIRED_KEYS) or fix the --column fields, then run rekey again"
+            "  configure the missing keys (MASKPIPE_RETIRED_KEYS or MASKPIPE_RETIRED_KEY_CIPHERTEXTS), skip them (--skip-key), \
+             or fix the rows PostgreSQL refused, then run rekey again"
         );
     }
 }

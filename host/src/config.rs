@@ -9,12 +9,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use zeroize::Zeroizing;
 
 use crate::kms::{Ciphertext, Kms};
-use crate::masking::{KeyError, KeySlot, Keyring, MasterKey, is_valid_key_id, parse_retired_keys};
+use crate::masking::{
+    KeyError, KeySlot, Keyring, MasterKey, is_valid_key_id, parse_retired_keys, retired_entries,
+};
 use crate::pipeline::{
     DEFAULT_COMMIT_MESSAGES, DEFAULT_COMMIT_WINDOW, DEFAULT_MAX_IN_FLIGHT_MIB, DEFAULT_WRITERS,
     Settings,
@@ -277,28 +279,17 @@ impl CheckedKeys {
     }
 }
 
-/// Parses `ID=CIPHERTEXT,ID=CIPHERTEXT` (the retired key ciphertexts).
-/// Each entry splits at its first `=`: base64 may end in `=` padding, an id
-/// never holds one. Entries are named by position, never by content.
+/// Parses `ID=CIPHERTEXT,ID=CIPHERTEXT` (the retired key ciphertexts), as
+/// [`crate::masking::retired_entries`] splits them.
 fn parse_retired_ciphertexts(text: &str) -> Result<Vec<(String, Ciphertext)>> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty())
-        .enumerate()
-        .map(|(index, entry)| {
-            let n = index + 1;
-            // A ciphertext pasted without `ID=` splits at its padding: the
-            // "id" is the ciphertext and what follows is only `=`.
-            let (id, ciphertext) = entry
-                .split_once('=')
-                .filter(|(id, ciphertext)| {
-                    !id.trim().is_empty() && !ciphertext.trim().trim_matches('=').is_empty()
-                })
-                .with_context(|| format!("retired key {n} is not of the form ID=CIPHERTEXT"))?;
-            let id = id.trim();
-            if !is_valid_key_id(id) {
-                bail!(KeyError::KeyId(KeySlot::Retired(n)));
-            }
+    retired_entries(text)
+        .map(|entry| {
+            let (n, id, ciphertext) = entry.map_err(|error| match error {
+                KeyError::RetiredFormat(n) => {
+                    anyhow!("retired key {n} is not of the form ID=CIPHERTEXT")
+                }
+                other => anyhow!(other),
+            })?;
             let ciphertext =
                 Ciphertext::parse(ciphertext).with_context(|| format!("retired key {n}"))?;
             Ok((id.to_owned(), ciphertext))

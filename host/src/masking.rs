@@ -513,25 +513,38 @@ pub fn is_valid_key_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Parses `ID=KEY,ID=KEY` (the retired-keys setting). Entries are named by
-/// position in errors, never by content.
-pub fn parse_retired_keys(text: &str) -> Result<Vec<(String, MasterKey)>, KeyError> {
+/// The entries of a retired-keys setting, `ID=VALUE,ID=VALUE`, numbered
+/// from 1, each split at its first `=` (base64 may end in `=` padding, an id
+/// never holds one) and its id checked. Shared by plaintext keys and KMS
+/// ciphertexts; errors name an entry by position, never by content.
+pub fn retired_entries(text: &str) -> impl Iterator<Item = Result<(usize, &str, &str), KeyError>> {
     text.split(',')
         .map(str::trim)
         .filter(|entry| !entry.is_empty())
         .enumerate()
         .map(|(index, entry)| {
             let n = index + 1;
-            // A base64 key pasted without `ID=` splits at its padding: the
-            // "id" is key material and the "key" is empty.
-            let (id, key) = entry
+            // A base64 value pasted without `ID=` splits at its padding: the
+            // "id" is key material and what follows is empty or only `=`.
+            let (id, value) = entry
                 .split_once('=')
-                .filter(|(id, key)| !id.trim().is_empty() && !key.trim().is_empty())
+                .filter(|(id, value)| {
+                    !id.trim().is_empty() && !value.trim().trim_matches('=').is_empty()
+                })
                 .ok_or(KeyError::RetiredFormat(n))?;
             let id = id.trim();
             if !is_valid_key_id(id) {
                 return Err(KeyError::KeyId(KeySlot::Retired(n)));
             }
+            Ok((n, id, value))
+        })
+}
+
+/// Parses `ID=KEY,ID=KEY` (the retired-keys setting).
+pub fn parse_retired_keys(text: &str) -> Result<Vec<(String, MasterKey)>, KeyError> {
+    retired_entries(text)
+        .map(|entry| {
+            let (n, id, key) = entry?;
             let key = MasterKey::parse(key).map_err(|e| KeyError::RetiredKey(n, Box::new(e)))?;
             Ok((id.to_owned(), key))
         })

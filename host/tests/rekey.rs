@@ -69,13 +69,21 @@ fn seeded_device_value(old: &Keyring, n: usize) -> Option<String> {
     }
 }
 
-/// `SEEDED` rows masked under k1, and 300 dead letters sealed under it:
-/// history as a host on the old key left it.
-async fn seed_history(database_url: &str) {
-    let mut sink = PgSink::connect(&Database::new(database_url, None).unwrap())
+/// A fresh database with maskpipe's tables and `user_logins`, as a host's
+/// startup makes them, and a client of it.
+async fn database_with_tables() -> (String, tokio_postgres::Client) {
+    let database_url = fresh_database().await;
+    let mut sink = PgSink::connect(&Database::new(&database_url, None).unwrap())
         .await
         .unwrap();
     prepare_sink(&mut sink).await;
+    let db = query_client(&database_url).await;
+    (database_url, db)
+}
+
+/// `SEEDED` rows masked under k1, and 300 dead letters sealed under it:
+/// history as a host on the old key left it.
+async fn seed_history(database_url: &str) {
     let db = query_client(database_url).await;
     let old = old_keyring();
     for chunk in (0..SEEDED).collect::<Vec<_>>().chunks(10_000) {
@@ -131,9 +139,8 @@ async fn next_page(db: &tokio_postgres::Client) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rekey_moves_100k_rows_to_the_new_key_while_a_host_writes_and_resumes_after_kill_9() {
-    let database_url = fresh_database().await;
+    let (database_url, db) = database_with_tables().await;
     seed_history(&database_url).await;
-    let db = query_client(&database_url).await;
     let pages: i64 = count(
         &db,
         "SELECT pg_relation_size('user_logins') / current_setting('block_size')::bigint",
@@ -385,12 +392,7 @@ async fn rekey_moves_100k_rows_to_the_new_key_while_a_host_writes_and_resumes_af
 
 #[tokio::test]
 async fn rekey_keeps_what_it_cannot_open_and_exits_1() {
-    let database_url = fresh_database().await;
-    let mut sink = PgSink::connect(&Database::new(&database_url, None).unwrap())
-        .await
-        .unwrap();
-    prepare_sink(&mut sink).await;
-    let db = query_client(&database_url).await;
+    let (database_url, db) = database_with_tables().await;
     let old = old_keyring();
     let gone = Keyring::new("gone", &MasterKey::parse(NEW_HEX).unwrap(), &[]).unwrap();
     // Under a key nobody configured; masked as another field; a clear value
@@ -732,12 +734,7 @@ async fn the_three_rotation_commands_with_kms_held_keys() {
 /// never restarted) are reported, exit 1. A trigger plays the host.
 #[tokio::test]
 async fn values_written_behind_the_walk_are_walked_again_or_reported() {
-    let database_url = fresh_database().await;
-    let mut sink = PgSink::connect(&Database::new(&database_url, None).unwrap())
-        .await
-        .unwrap();
-    prepare_sink(&mut sink).await;
-    let db = query_client(&database_url).await;
+    let (database_url, db) = database_with_tables().await;
     let old_ip = old_keyring().mask("ip", "10.7.7.7");
     db.batch_execute(&format!(
         "CREATE FUNCTION old_host() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -309,6 +309,11 @@ impl Keyring {
         &self.current_id
     }
 
+    /// Every key id this keyring opens: the current one and the retired ones.
+    pub fn key_ids(&self) -> Vec<String> {
+        self.keys.keys().cloned().collect()
+    }
+
     fn current(&self) -> &KeySet {
         &self.keys[&self.current_id]
     }

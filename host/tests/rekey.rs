@@ -216,7 +216,12 @@ async fn rekey_moves_100k_rows_to_the_new_key_while_a_host_writes_and_resumes_af
     db.execute("SELECT pg_advisory_lock($1)", &[&REKEY_LOCK])
         .await
         .unwrap();
-    let second = run_with_limit(rekey_command(&database_url, &[]), Duration::from_secs(60)).await;
+    // (A short statement bound: the second one waits that long plus 5 s.)
+    let second = run_with_limit(
+        rekey_command(&database_url, &["--database-timeout-seconds", "5"]),
+        Duration::from_secs(60),
+    )
+    .await;
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success());
     assert!(stderr.contains("another rekey is running"), "{stderr}");
@@ -445,12 +450,34 @@ async fn rekey_keeps_what_it_cannot_open_and_exits_1() {
     )
     .await
     .unwrap();
+    // And one whose update a trigger skips (returns NULL).
+    db.execute(
+        "INSERT INTO user_logins (user_id, masked_ip, masked_device_id) VALUES ('hidden', $1, $2)",
+        &[
+            &old.mask("ip", "10.99.88.82"),
+            &old.mask("device_id", "444-55-6666"),
+        ],
+    )
+    .await
+    .unwrap();
+    db.batch_execute(
+        "CREATE FUNCTION skip_hidden() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN RETURN NULL; END $$;
+         CREATE TRIGGER skip_hidden BEFORE UPDATE ON user_logins
+             FOR EACH ROW WHEN (OLD.user_id = 'hidden') EXECUTE FUNCTION skip_hidden();",
+    )
+    .await
+    .unwrap();
 
     let output = run_with_limit(rekey_command(&database_url, &[]), Duration::from_secs(60)).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
-    assert!(stdout.contains("5 values are not under key k2"), "{stdout}");
+    assert!(stdout.contains("7 values are not under key k2"), "{stdout}");
+    assert!(
+        stdout.contains("2 kept: the update changed no row (a trigger or row-level policy)"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("2 kept: PostgreSQL refused the update (SQLSTATE 23514)"),
         "{stdout}"
@@ -469,6 +496,7 @@ async fn rekey_keeps_what_it_cannot_open_and_exits_1() {
     assert!(stdout.contains("1 kept: not a maskpipe value"), "{stdout}");
     assert!(stdout.contains("3 rows rewritten (4 values)"), "{stdout}");
     for plain in [
+        "444-55-6666",
         "10.99.88",
         "111-22-3333",
         "333-44-5555",
@@ -523,7 +551,8 @@ async fn rekey_keeps_what_it_cannot_open_and_exits_1() {
     // key), and with the rest fixed, the rekey is clean.
     db.batch_execute(
         "DELETE FROM user_logins WHERE user_id IN ('swapped', 'clear');
-         ALTER TABLE user_logins DROP CONSTRAINT no_new_key_for_refused",
+         ALTER TABLE user_logins DROP CONSTRAINT no_new_key_for_refused;
+         DROP TRIGGER skip_hidden ON user_logins",
     )
     .await
     .unwrap();
@@ -554,9 +583,15 @@ async fn rekey_keeps_what_it_cannot_open_and_exits_1() {
         .await
         .unwrap();
     let masked_as_ip = old.mask("ip", "10.1.1.1");
-    db.execute("INSERT INTO other_logins VALUES ($1)", &[&masked_as_ip])
-        .await
-        .unwrap();
+    // Made by the version 1 code under this key (k1) for "199.172.111.135":
+    // bound to no field, so only the check can tell a wrong one.
+    let legacy = "mp1.k1.yesJdrGIoffmj4Ke7Aqpln0LsStzIGqSjfmGm6zHzGJCAPnGiVGf4m1pWw";
+    db.execute(
+        "INSERT INTO other_logins VALUES ($1), ($2)",
+        &[&masked_as_ip, &legacy],
+    )
+    .await
+    .unwrap();
     let output = run_with_limit(
         rekey_command(
             &database_url,
@@ -574,11 +609,42 @@ async fn rekey_keeps_what_it_cannot_open_and_exits_1() {
     assert_eq!(
         count(
             &db,
-            "SELECT count(*) FROM other_logins WHERE masked_x LIKE 'mp2.k1.%'"
+            "SELECT count(*) FROM other_logins WHERE masked_x LIKE 'mp2.k1.%' OR masked_x LIKE 'mp1.k1.%'"
         )
         .await,
-        1
+        2
     );
+
+    // With the right field, the column is walked beside the defaults, and
+    // its version 1 value becomes the version 2 value of the same field.
+    let output = run_with_limit(
+        rekey_command(
+            &database_url,
+            &["--column", "other_logins.masked_x=ip", "--skip-key", "gone"],
+        ),
+        Duration::from_secs(60),
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("other_logins (masked_x): 2 rows rewritten (2 values)"),
+        "{stdout}"
+    );
+    let mut values: Vec<String> = db
+        .query("SELECT masked_x FROM other_logins", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    values.sort();
+    let mut expected = vec![
+        new.mask("ip", "10.1.1.1"),
+        new.mask("ip", "199.172.111.135"),
+    ];
+    expected.sort();
+    assert_eq!(values, expected);
 
     // A column that does not exist, named explicitly, is an error.
     let output = run_with_limit(

@@ -64,7 +64,7 @@ const MAX_WALKS: usize = 3;
 /// it until its server process notices the closed connection.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// Masked values a column's field is checked against before any is rewritten.
-const FIELD_SAMPLE: i64 = 50;
+const FIELD_SAMPLE: usize = 50;
 /// Where a walk resumes after `kill -9`. Made by the first rekey.
 const PROGRESS_TABLE: &str = "
 CREATE TABLE IF NOT EXISTS maskpipe_rekey_progress (
@@ -181,6 +181,9 @@ pub enum Kept {
     /// PostgreSQL refused the row's update (this SQLSTATE): a constraint,
     /// a trigger, a value too long for its column.
     Refused(String),
+    /// The update changed nothing: a trigger skipped it, or a row-level
+    /// security policy hid it.
+    NotUpdated,
     /// Not a value maskpipe makes (starts like one).
     NotAToken,
 }
@@ -202,6 +205,9 @@ impl fmt::Display for Kept {
             Self::UnknownKey(id) => write!(f, "key id {id:?} is not configured"),
             Self::Authentication => f.write_str("did not open (altered, or another field)"),
             Self::NotAToken => f.write_str("not a maskpipe value"),
+            Self::NotUpdated => {
+                f.write_str("the update changed no row (a trigger or row-level policy)")
+            }
             Self::Refused(sqlstate) => {
                 write!(f, "PostgreSQL refused the update (SQLSTATE {sqlstate})")
             }
@@ -230,8 +236,12 @@ pub async fn run(args: RekeyArgs) -> Result<ExitCode> {
     // Everything local first: a bad key must not cost a connection.
     let keys = args.keys.checked_to_open()?;
     let database = args.database.database()?;
-    if let Some(bad) = args.skip_keys.iter().find(|id| !is_valid_key_id(id)) {
-        bail!("--skip-key {bad:?} is not a key id (1-16 of A-Z, a-z, 0-9, '_', '-')");
+    // Named by position: what was typed might be key material.
+    if let Some(n) = args.skip_keys.iter().position(|id| !is_valid_key_id(id)) {
+        bail!(
+            "--skip-key number {} is not a key id (1-16 of A-Z, a-z, 0-9, '_', '-')",
+            n + 1
+        );
     }
     let keyring = keys.keyring().await?;
     if args
@@ -242,35 +252,32 @@ pub async fn run(args: RekeyArgs) -> Result<ExitCode> {
         bail!("--skip-key names the current key: its values need no rekey");
     }
     let mut sink = PgSink::connect(&database).await?;
-    lock(&sink).await?;
+    // A killed rekey's session holds the lock until its statement ends.
+    lock(
+        &sink,
+        LOCK_WAIT.max(database.timeout() + Duration::from_secs(5)),
+    )
+    .await?;
     sink.bounded(sink.client().batch_execute(PROGRESS_TABLE))
         .await
         .context("cannot create maskpipe_rekey_progress")?;
 
     let mut notes = Vec::new();
-    let mut targets = Vec::new();
-    let defaults = MaskedColumn::defaults();
-    let mut columns = defaults.clone();
-    columns.extend(args.columns.iter().cloned());
-    for (target, defaulted) in Target::resolve(&sink, &columns, args.pages_per_step)
-        .await?
+    let columns: Vec<(MaskedColumn, bool)> = MaskedColumn::defaults()
         .into_iter()
-        .zip(is_default_table(&columns, &defaults))
-    {
-        match target {
-            Ok(target) => targets.push(target),
-            Err(missing) if !defaulted => bail!("{missing}"),
-            Err(missing) => notes.push(format!("{missing}: skipped")),
-        }
-    }
+        .map(|column| (column, false))
+        .chain(args.columns.iter().map(|column| (column.clone(), true)))
+        .collect();
+    let mut targets = Target::resolve(&sink, &columns, args.pages_per_step, &mut notes).await?;
     if targets.is_empty() {
         bail!(
             "no masked column to re-key: {} (name them with --column TABLE.COLUMN=FIELD)",
             notes.join("; ").replace(": skipped", "")
         );
     }
+    let deadline = database.timeout() + Duration::from_secs(5);
     for target in &targets {
-        notes.extend(check_fields(&sink, target, &keyring).await?);
+        notes.extend(check_fields(&sink, deadline, target, &keyring).await?);
     }
     match Target::dead_letters(&sink, args.dead_letters_per_step).await? {
         Some(target) => targets.push(target),
@@ -280,9 +287,13 @@ pub async fn run(args: RekeyArgs) -> Result<ExitCode> {
     let mut progress = Progress::new(keyring.current_key_id());
     for target in &targets {
         let filter = target.filter(&keyring, &args.skip_keys);
-        progress.add_total(target.size(&sink, &filter).await?);
+        progress.add_total(
+            target
+                .size(sink.client_mut(), deadline, &filter, &keyring)
+                .await?,
+        );
     }
-    let step_deadline = (database.timeout() + Duration::from_secs(5)) * 4;
+    let step_deadline = deadline * 4;
     let mut reports = Vec::new();
     for target in &targets {
         let filter = target.filter(&keyring, &args.skip_keys);
@@ -297,7 +308,9 @@ pub async fn run(args: RekeyArgs) -> Result<ExitCode> {
             tally.rows += found.rows;
             tally.values += found.values;
             tally.kept = found.kept.clone();
-            counts = target.count(&sink, &filter, &keyring).await?;
+            counts = target
+                .count(sink.client_mut(), deadline, &filter, &keyring)
+                .await?;
             // Done when nothing is left, or when a whole walk rewrote nothing
             // (what is left is what it kept). A walk that rewrote something
             // may have missed values written behind it: walk again.
@@ -327,23 +340,9 @@ pub async fn run(args: RekeyArgs) -> Result<ExitCode> {
     })
 }
 
-/// For each table `Target::resolve` returns (in the order their first
-/// column comes), whether it is only the defaults' table.
-fn is_default_table(columns: &[MaskedColumn], defaults: &[MaskedColumn]) -> Vec<bool> {
-    let mut tables: Vec<(&str, bool)> = Vec::new();
-    for column in columns {
-        let default = defaults.contains(column);
-        match tables.iter_mut().find(|(table, _)| *table == column.table) {
-            Some((_, only_defaults)) => *only_defaults &= default,
-            None => tables.push((&column.table, default)),
-        }
-    }
-    tables.into_iter().map(|(_, default)| default).collect()
-}
-
 /// Takes the one-rekey-per-database lock, waiting a little for a killed
 /// rekey's session to end.
-async fn lock(sink: &PgSink) -> Result<()> {
+async fn lock(sink: &PgSink, wait: Duration) -> Result<()> {
     let waited = Instant::now();
     loop {
         let locked: bool = sink
@@ -356,34 +355,41 @@ async fn lock(sink: &PgSink) -> Result<()> {
         if locked {
             return Ok(());
         }
-        if waited.elapsed() >= LOCK_WAIT {
+        if waited.elapsed() >= wait {
             bail!("another rekey is running against this database");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
-/// Checks each column's field against a sample of its `mp2` values before
-/// anything is rewritten: a wrong field would bind its `mp1` values (which
-/// carry no field) to it, and they would no longer open as the right one.
-/// A column with no `mp2` value to check against gets a note.
-async fn check_fields(sink: &PgSink, target: &Target, keyring: &Keyring) -> Result<Vec<String>> {
+/// Checks each column's field against a sample of its `mp2` values under
+/// configured keys before anything is rewritten: a wrong field would bind
+/// its `mp1` values (which carry no field) to it, and they would no longer
+/// open as the right one. A column with no such value gets a note.
+async fn check_fields(
+    sink: &PgSink,
+    deadline: Duration,
+    target: &Target,
+    keyring: &Keyring,
+) -> Result<Vec<String>> {
     let Target::Table { table, columns, .. } = target else {
         return Ok(Vec::new());
     };
+    let key_ids = keyring.key_ids();
     let mut notes = Vec::new();
     for (column, field) in columns {
-        let sql = format!(
-            "SELECT {c} FROM {t} WHERE left({c}, 4) = 'mp2.' LIMIT $1",
-            c = target::quoted(column),
-            t = target::quoted(table)
-        );
-        let sample = sink
-            .bounded(sink.client().query(&sql, &[&FIELD_SAMPLE]))
-            .await?;
+        let sample = Target::sample(
+            sink.client(),
+            deadline,
+            table,
+            column,
+            &key_ids,
+            FIELD_SAMPLE,
+        )
+        .await?;
         let outcomes: Vec<_> = sample
             .iter()
-            .map(|row| keyring.reveal(row.get(0), Some(field)).map(drop))
+            .map(|value| keyring.reveal(value, Some(field)).map(drop))
             .collect();
         let opened = outcomes.iter().any(Result::is_ok);
         let refused = outcomes.contains(&Err(RevealError::Authentication));
@@ -394,7 +400,8 @@ async fn check_fields(sink: &PgSink, target: &Target, keyring: &Keyring) -> Resu
         }
         if !opened {
             notes.push(format!(
-                "{table}.{column}: no value to check field {field:?} against; its values were re-masked as {field:?}"
+                "{table}.{column}: no mp2 value under a configured key to check field {field:?} against; \
+                 its mp1 values are re-masked as {field:?} unchecked"
             ));
         }
     }

@@ -5,12 +5,14 @@
 //! [`super::MaskedColumn`] accepted them as plain identifiers, and are
 //! quoted anyway.
 //!
-//! Counts read a table a slice of pages per statement, so that a table of
-//! any size is counted within the statement timeout.
+//! Counts and samples read a table a slice of pages per statement, so that
+//! a table of any size is read within the statement timeout.
 
-use anyhow::{Result, bail};
-use tokio_postgres::Client;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, GenericClient, IsolationLevel};
 
 use super::MaskedColumn;
 use crate::masking::Keyring;
@@ -94,90 +96,77 @@ pub struct Counts {
     pub skipped: u64,
 }
 
+/// A column to walk as `resolve` gathers them: its name, its field, and
+/// whether the operator named it (`--column`) or it is a default.
+type Place = (String, String, bool);
+
 impl Target {
-    /// The given columns grouped by table, each table checked against the
-    /// catalog; a missing table or column is an `Err` naming it.
+    /// The columns grouped by table, each checked against the catalog. A
+    /// default column (`explicit` false) that does not fit is dropped with
+    /// a note; an explicit one is an error naming it. An explicit column
+    /// replaces a default of the same place (its field).
     pub async fn resolve(
         sink: &PgSink,
-        columns: &[MaskedColumn],
+        columns: &[(MaskedColumn, bool)],
         pages_per_step: u32,
-    ) -> Result<Vec<Result<Self, String>>> {
-        let mut tables: Vec<(String, Vec<(String, String)>)> = Vec::new();
-        for column in columns {
-            let pair = (column.column.clone(), column.field.clone());
-            match tables.iter_mut().find(|(table, _)| *table == column.table) {
-                Some((_, pairs)) => match pairs.iter().find(|(name, _)| *name == column.column) {
-                    Some((_, field)) if *field != column.field => bail!(
-                        "{}.{} is given twice, as field {field:?} and as {:?}: a column's values are masked as one field",
-                        column.table,
-                        column.column,
-                        column.field
-                    ),
-                    Some(_) => {}
-                    None => pairs.push(pair),
-                },
-                None => tables.push((column.table.clone(), vec![pair])),
-            }
-        }
-        let mut targets = Vec::new();
-        for (table, columns) in tables {
-            targets.push(Self::check_table(sink, table, columns, pages_per_step).await?);
-        }
-        Ok(targets)
-    }
-
-    async fn check_table(
-        sink: &PgSink,
-        table: String,
-        columns: Vec<(String, String)>,
-        pages_per_step: u32,
-    ) -> Result<Result<Self, String>> {
-        let kind: Option<i8> = sink
-            .bounded(sink.client().query_opt(
-                "SELECT relkind FROM pg_class WHERE oid = to_regclass(quote_ident($1))",
-                &[&table],
-            ))
-            .await?
-            .map(|row| row.get(0));
-        match kind.map(|kind| kind as u8) {
-            None => return Ok(Err(format!("no table {table}"))),
-            Some(b'r') => {}
-            // A ctid names a row only within one heap: a partitioned table's
-            // rows live in its partitions, a view's elsewhere.
-            Some(b'p') => {
-                return Ok(Err(format!(
-                    "{table} is partitioned: name its partitions' columns with --column"
-                )));
-            }
-            Some(_) => return Ok(Err(format!("{table} is not a table"))),
-        }
-        let names: Vec<&str> = columns.iter().map(|(column, _)| column.as_str()).collect();
-        let found = sink
-            .bounded(sink.client().query(
-                "SELECT a.attname::text, t.typname::text
-                 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-                 WHERE a.attrelid = to_regclass(quote_ident($1))
-                   AND a.attname = ANY($2) AND a.attnum > 0 AND NOT a.attisdropped",
-                &[&table, &names],
-            ))
-            .await?;
-        for name in &names {
-            match found.iter().find(|row| row.get::<_, &str>(0) == *name) {
-                None => return Ok(Err(format!("no column {table}.{name}"))),
-                Some(row) if !matches!(row.get::<_, &str>(1), "text" | "varchar") => {
-                    return Ok(Err(format!(
-                        "column {table}.{name} is not text (it is {})",
-                        row.get::<_, &str>(1)
-                    )));
-                }
+        notes: &mut Vec<String>,
+    ) -> Result<Vec<Self>> {
+        let mut tables: Vec<(String, Vec<Place>)> = Vec::new();
+        for (column, explicit) in columns {
+            let entry = (column.column.clone(), column.field.clone(), *explicit);
+            let Some((_, entries)) = tables.iter_mut().find(|(table, _)| *table == column.table)
+            else {
+                tables.push((column.table.clone(), vec![entry]));
+                continue;
+            };
+            match entries.iter_mut().find(|(name, ..)| *name == column.column) {
+                None => entries.push(entry),
+                Some(seen) if !seen.2 => *seen = entry,
+                Some((_, field, _)) if *field != column.field => bail!(
+                    "{}.{} is given twice, as field {field:?} and as {:?}: a column's values are masked as one field",
+                    column.table,
+                    column.column,
+                    column.field
+                ),
                 Some(_) => {}
             }
         }
-        Ok(Ok(Self::Table {
-            table,
-            columns,
-            pages_per_step,
-        }))
+        let mut targets = Vec::new();
+        for (table, entries) in tables {
+            let mut problem = |explicit: bool, what: String| {
+                if explicit {
+                    Err(anyhow::anyhow!("{what}"))
+                } else {
+                    notes.push(format!("{what}: skipped"));
+                    Ok(())
+                }
+            };
+            let any_explicit = entries.iter().any(|(.., explicit)| *explicit);
+            if let Some(what) = table_problem(sink, &table).await? {
+                problem(any_explicit, what)?;
+                continue;
+            }
+            let types = column_types(sink, &table).await?;
+            let mut columns = Vec::new();
+            for (column, field, explicit) in entries {
+                match types.iter().find(|(name, _)| *name == column) {
+                    None => problem(explicit, format!("no column {table}.{column}"))?,
+                    Some((_, kind)) if !matches!(kind.as_str(), "text" | "varchar") => problem(
+                        explicit,
+                        format!("column {table}.{column} is not text (it is {kind})"),
+                    )?,
+                    Some(_) => columns.push((column, field)),
+                }
+            }
+            if !columns.is_empty() {
+                targets.push(Self::Table {
+                    table,
+                    columns,
+                    pages_per_step,
+                });
+            }
+        }
+        Ok(targets)
     }
 
     /// The dead letters, if their table exists.
@@ -225,31 +214,33 @@ impl Target {
     }
 
     /// The walk's length for the progress bar: a table's pages, or the dead
-    /// letters to reseal (their ids are walked, not their pages).
-    pub async fn size(&self, sink: &PgSink, filter: &Filter) -> Result<u64> {
+    /// letters' values to reseal (their ids are walked, not their pages).
+    pub async fn size(
+        &self,
+        client: &mut Client,
+        deadline: Duration,
+        filter: &Filter,
+        keyring: &Keyring,
+    ) -> Result<u64> {
         match self {
-            Self::Table { table, .. } => relation_pages(sink.client(), table).await,
-            Self::DeadLetters { .. } => {
-                let sql = format!(
-                    "SELECT count(*) FROM maskpipe_dead_letters WHERE {} OR {}",
-                    filter.sql("body_sealed", 1),
-                    filter.sql("detail_sealed", 1)
-                );
-                let count: i64 = sink
-                    .bounded(
-                        sink.client()
-                            .query_one(&sql, &[&filter.prefix, &filter.skip]),
-                    )
-                    .await?
-                    .get(0);
-                Ok(count.max(0) as u64)
-            }
+            Self::Table { table, .. } => relation_pages(client, table).await,
+            Self::DeadLetters { .. } => Ok(self
+                .count(client, deadline, filter, keyring)
+                .await?
+                .remaining),
         }
     }
 
     /// Values still under other keys, pseudonyms under other keys, and
-    /// values under skipped keys, over the whole table.
-    pub async fn count(&self, sink: &PgSink, filter: &Filter, keyring: &Keyring) -> Result<Counts> {
+    /// values under skipped keys, over the whole table: a slice of pages per
+    /// statement, all in one snapshot (a row moved between slices counts once).
+    pub async fn count(
+        &self,
+        client: &mut Client,
+        deadline: Duration,
+        filter: &Filter,
+        keyring: &Keyring,
+    ) -> Result<Counts> {
         let columns = self.columns();
         let sum = |each: &dyn Fn(&str) -> String| {
             columns
@@ -258,9 +249,8 @@ impl Target {
                 .collect::<Vec<_>>()
                 .join(" + ")
         };
-        let sql = format!(
-            "SELECT ({})::bigint, ({})::bigint, ({})::bigint FROM {} \
-             WHERE ctid >= $4::text::tid AND ($5::text IS NULL OR ctid < $5::text::tid)",
+        let open_ended = format!(
+            "SELECT ({})::bigint, ({})::bigint, ({})::bigint FROM {} WHERE ctid >= $4::text::tid",
             sum(&|c| filter.sql(c, 1)),
             sum(&|c| format!(
                 "starts_with({q}, 'ps1.') AND NOT starts_with({q}, $3)",
@@ -272,25 +262,76 @@ impl Target {
             )),
             quoted(self.table()),
         );
+        let sliced = format!("{open_ended} AND ctid < $5::text::tid");
         let pseudonym_prefix = keyring.current_pseudonym_prefix();
-        let pages = relation_pages(sink.client(), self.table()).await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let pages = relation_pages(&tx, self.table()).await?;
         let mut counts = Counts::default();
         let mut page = 0;
         loop {
             let from = format!("({page},0)");
+            let to = format!("({},0)", page + COUNT_PAGES);
             // The last slice is open-ended: rows written since the size was read.
-            let to = (page + COUNT_PAGES < pages).then(|| format!("({},0)", page + COUNT_PAGES));
+            let last = page + COUNT_PAGES >= pages;
             let params: [&(dyn ToSql + Sync); 5] =
                 [&filter.prefix, &filter.skip, &pseudonym_prefix, &from, &to];
-            let row = sink.bounded(sink.client().query_one(&sql, &params)).await?;
+            let query = if last {
+                tx.query_one(&open_ended, &params[..4])
+            } else {
+                tx.query_one(&sliced, &params)
+            };
+            let row = tokio::time::timeout(deadline, query)
+                .await
+                .map_err(|_| anyhow!("PostgreSQL did not answer a count in {deadline:?}"))??;
             counts.remaining += row.get::<_, i64>(0).max(0) as u64;
             counts.pseudonyms += row.get::<_, i64>(1).max(0) as u64;
             counts.skipped += row.get::<_, i64>(2).max(0) as u64;
-            if to.is_none() {
+            if last {
+                tx.commit().await?;
                 return Ok(counts);
             }
             page += COUNT_PAGES;
         }
+    }
+
+    /// Up to `limit` values of `column` masked (`mp2`) under the given key
+    /// ids, read a slice of pages per statement.
+    pub async fn sample(
+        client: &Client,
+        deadline: Duration,
+        table: &str,
+        column: &str,
+        key_ids: &[String],
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let sql = format!(
+            "SELECT {c} FROM {t} WHERE ctid >= $1::text::tid AND ctid < $2::text::tid \
+             AND left({c}, 4) = 'mp2.' AND split_part({c}, '.', 2) = ANY($3::text[]) LIMIT $4",
+            c = quoted(column),
+            t = quoted(table)
+        );
+        let pages = relation_pages(client, table).await?;
+        let mut found = Vec::new();
+        let mut page = 0;
+        while page < pages && found.len() < limit {
+            let from = format!("({page},0)");
+            let to = format!("({},0)", page + COUNT_PAGES);
+            let wanted = (limit - found.len()) as i64;
+            let rows = tokio::time::timeout(
+                deadline,
+                client.query(&sql, &[&from, &to, &key_ids, &wanted]),
+            )
+            .await
+            .map_err(|_| anyhow!("PostgreSQL did not answer in {deadline:?}"))??;
+            found.extend(rows.iter().map(|row| row.get::<_, String>(0)));
+            page += COUNT_PAGES;
+        }
+        Ok(found)
     }
 
     /// The key of this target's row in `maskpipe_rekey_progress`.
@@ -299,8 +340,43 @@ impl Target {
     }
 }
 
+/// Why `table` cannot be walked, if it cannot: missing, partitioned, or
+/// not a table. A ctid names a row only within one heap: a partitioned
+/// table's rows live in its partitions, a view's elsewhere.
+async fn table_problem(sink: &PgSink, table: &str) -> Result<Option<String>> {
+    let kind: Option<i8> = sink
+        .bounded(sink.client().query_opt(
+            "SELECT relkind FROM pg_class WHERE oid = to_regclass(quote_ident($1))",
+            &[&table],
+        ))
+        .await?
+        .map(|row| row.get(0));
+    Ok(match kind.map(|kind| kind as u8) {
+        None => Some(format!("no table {table}")),
+        Some(b'r') => None,
+        Some(b'p') => Some(format!(
+            "{table} is partitioned: name its partitions' columns with --column"
+        )),
+        Some(_) => Some(format!("{table} is not a table")),
+    })
+}
+
+/// A table's columns and their types' names.
+async fn column_types(sink: &PgSink, table: &str) -> Result<Vec<(String, String)>> {
+    let rows = sink
+        .bounded(sink.client().query(
+            "SELECT a.attname::text, t.typname::text
+             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+             WHERE a.attrelid = to_regclass(quote_ident($1)) AND a.attnum > 0
+               AND NOT a.attisdropped",
+            &[&table],
+        ))
+        .await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
 /// A table's size in pages (0 if it was dropped meanwhile).
-pub(super) async fn relation_pages(client: &Client, table: &str) -> Result<u64> {
+pub(super) async fn relation_pages(client: &impl GenericClient, table: &str) -> Result<u64> {
     let pages: i64 = client
         .query_one(
             "SELECT COALESCE(pg_relation_size(to_regclass(quote_ident($1))), 0)

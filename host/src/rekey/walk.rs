@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Transaction};
@@ -197,7 +197,7 @@ impl<'a> Walk<'a> {
             })?;
             match outcome {
                 Ok(value) => return Ok(value),
-                Err(error) if !split && refusal(&error).is_some() => split = true,
+                Err(error) if !split && refuses_rows(&error) => split = true,
                 Err(error) if attempt < STEP_ATTEMPTS && is_conflict(&error) => {
                     tracing::warn!("a rekey step was aborted by a conflict; trying it again");
                 }
@@ -251,6 +251,21 @@ fn refusal(error: &anyhow::Error) -> Option<String> {
         WriteFailure::Data { sqlstate } => Some(sqlstate),
         _ => None,
     }
+}
+
+/// An update that changed fewer rows than it locked: a `BEFORE UPDATE`
+/// trigger that returned NULL, or a row-level security policy.
+#[derive(Debug, thiserror::Error)]
+#[error("an update changed {written} of the {locked} rows it locked")]
+struct NotUpdated {
+    locked: usize,
+    written: u64,
+}
+
+/// Whether a step failed for some of its rows (so that writing them one by
+/// one keeps only those).
+fn refuses_rows(error: &anyhow::Error) -> bool {
+    refusal(error).is_some() || error.is::<NotUpdated>()
 }
 
 /// An error's text without what PostgreSQL quotes from rows: the SQLSTATE,
@@ -320,14 +335,16 @@ async fn write<Id: ToSql + Sync + Clone + 'static>(
         match write_rows(tx, update, std::slice::from_ref(&change)).await {
             Ok(()) => tx.batch_execute("RELEASE SAVEPOINT rekey_row").await?,
             Err(error) => {
-                let Some(sqlstate) = refusal(&error) else {
-                    return Err(error);
+                let why = match refusal(&error) {
+                    Some(sqlstate) => Kept::Refused(sqlstate),
+                    None if error.is::<NotUpdated>() => Kept::NotUpdated,
+                    None => return Err(error),
                 };
                 tx.batch_execute("ROLLBACK TO SAVEPOINT rekey_row").await?;
                 let count = change.count();
                 tally.rows -= 1;
                 tally.values -= count;
-                *tally.kept.entry(Kept::Refused(sqlstate)).or_default() += count;
+                *tally.kept.entry(why).or_default() += count;
             }
         }
     }
@@ -357,9 +374,14 @@ async fn write_rows<Id: ToSql + Sync + Clone + 'static>(
         .execute(update, &params)
         .await
         .context("writing a step's rows")?;
-    // Locked rows cannot go anywhere: a difference is a bug, not a race.
+    // Locked rows cannot go anywhere: what was not updated was skipped by
+    // a trigger or a policy, and is split out like a refused row.
     if written != changes.len() as u64 {
-        bail!("a step locked {} rows and updated {written}", changes.len());
+        return Err(NotUpdated {
+            locked: changes.len(),
+            written,
+        }
+        .into());
     }
     Ok(())
 }

@@ -38,12 +38,16 @@ const DATA_CLASSES: &[&str] = &["22", "23", "P0", "09", "27", "44", "38", "39"];
 /// Privileges revoked on a table or column, and invalid text representations.
 const DATA_CODES: &[&str] = &["42501"];
 
-/// Classifies a write's error chain.
-pub fn classify(error: &anyhow::Error) -> WriteFailure {
-    let code = error
+/// The PostgreSQL error in an error chain, if there is one.
+pub fn postgres_error(error: &anyhow::Error) -> Option<&tokio_postgres::Error> {
+    error
         .chain()
         .find_map(|cause| cause.downcast_ref::<tokio_postgres::Error>())
-        .and_then(tokio_postgres::Error::code);
+}
+
+/// Classifies a write's error chain.
+pub fn classify(error: &anyhow::Error) -> WriteFailure {
+    let code = postgres_error(error).and_then(tokio_postgres::Error::code);
     match code {
         // No SQLSTATE: I/O, a closed connection, a timeout of ours.
         None => WriteFailure::Transient,

@@ -48,6 +48,8 @@ use clap::Args;
 use crate::config::KeyArgs;
 use crate::dead_letters::DatabaseArgs;
 use crate::masking::{Keyring, RevealError, is_valid_key_id};
+use crate::schema::catalog::SCHEMA_LOCK;
+use crate::schema::is_plain_name;
 use crate::sink::PgSink;
 
 use progress::Progress;
@@ -56,7 +58,7 @@ use walk::Walk;
 
 /// Held for the whole of a rekey. ("maskpipe" + 3: the sink uses + 0 and + 1,
 /// dead-letter replay + 2.)
-const REKEY_LOCK: i64 = 0x6d61_736b_7069_7065 + 3;
+const REKEY_LOCK: i64 = SCHEMA_LOCK + 3;
 /// Walks of one table before giving up on values that keep appearing under
 /// a retired key (a host still masking with it).
 const MAX_WALKS: usize = 3;
@@ -123,7 +125,8 @@ impl MaskedColumn {
         let (place, field) = text.split_once('=').ok_or_else(usage)?;
         let (table, column) = place.split_once('.').ok_or_else(usage)?;
         for name in [table, column] {
-            if !is_plain_identifier(name) {
+            // Statements quote them too (a reserved word still works).
+            if !is_plain_name(name) {
                 return Err(format!(
                     "{name:?} is not a plain SQL name (lower case letters, digits and '_')"
                 ));
@@ -149,15 +152,6 @@ impl MaskedColumn {
             })
             .collect()
     }
-}
-
-/// `[a-z_][a-z0-9_]*`: means the same quoted or not (statements quote it anyway).
-fn is_plain_identifier(name: &str) -> bool {
-    (1..=63).contains(&name.len())
-        && !name.as_bytes()[0].is_ascii_digit()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// What one target's walks did and found.

@@ -20,7 +20,7 @@ use tokio_postgres::{Client, Transaction};
 use super::progress::Progress;
 use super::target::{Filter, Target, quoted, relation_pages};
 use super::{Kept, Tally};
-use crate::dberror::{WriteFailure, classify};
+use crate::dberror::{WriteFailure, classify, postgres_error};
 use crate::masking::{Keyring, RevealError};
 
 /// Times a step is tried when PostgreSQL aborts it for a conflict (a
@@ -224,12 +224,6 @@ trait Step {
     ) -> Result<Self::Output>;
 }
 
-fn postgres_error(error: &anyhow::Error) -> Option<&tokio_postgres::Error> {
-    error
-        .chain()
-        .find_map(|cause| cause.downcast_ref::<tokio_postgres::Error>())
-}
-
 /// A deadlock, a serialization failure or a lock not available: the step
 /// did nothing and may simply run again.
 fn is_conflict(error: &anyhow::Error) -> bool {
@@ -309,6 +303,14 @@ struct Change<Id> {
 }
 
 impl<Id> Change<Id> {
+    /// The row's change, if any of its values was rewritten (a row rewritten).
+    fn of(id: impl FnOnce() -> Id, values: Vec<Option<String>>, tally: &mut Tally) -> Option<Self> {
+        values.iter().any(Option::is_some).then(|| {
+            tally.rows += 1;
+            Self { id: id(), values }
+        })
+    }
+
     fn count(&self) -> u64 {
         self.values.iter().filter(|value| value.is_some()).count() as u64
     }
@@ -466,13 +468,7 @@ impl Step for TableStep<'_> {
                         .and_then(|old| rewrite(keyring.remask(field, old), &mut tally))
                 })
                 .collect();
-            if values.iter().any(Option::is_some) {
-                tally.rows += 1;
-                changes.push(Change {
-                    id: row.get::<_, String>(0),
-                    values,
-                });
-            }
+            changes.extend(Change::of(|| row.get::<_, String>(0), values, &mut tally));
         }
         write(tx, &self.sql.update, changes, split, &mut tally).await?;
         tx.execute(
@@ -528,13 +524,7 @@ impl Step for DeadLetterStep<'_> {
                         .and_then(|old| rewrite(keyring.reseal(message_id, old), &mut tally))
                 })
                 .collect();
-            if values.iter().any(Option::is_some) {
-                tally.rows += 1;
-                changes.push(Change {
-                    id: row.get::<_, i64>(0),
-                    values,
-                });
-            }
+            changes.extend(Change::of(|| row.get::<_, i64>(0), values, &mut tally));
         }
         write(
             tx,

@@ -292,6 +292,17 @@ pub fn user_logins() -> Table {
     }
 }
 
+/// `[a-z_][a-z0-9_]*`, at most 63 bytes: a name that means the same quoted
+/// or not (reserved words aside).
+pub(crate) fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_IDENTIFIER_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+}
+
 /// A plain SQL identifier: `[a-z_][a-z0-9_]*`, at most 63 bytes, not
 /// reserved. Such a name means the same quoted or not, so the host can write
 /// it into statements as it is. `position` says which one it was without
@@ -301,13 +312,7 @@ fn identifier(
     name: &str,
     position: impl FnOnce() -> String,
 ) -> Result<(), SchemaError> {
-    let plain = !name.is_empty()
-        && name.len() <= MAX_IDENTIFIER_BYTES
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        && !name.as_bytes()[0].is_ascii_digit();
-    if !plain {
+    if !is_plain_name(name) {
         return Err(SchemaError::BadName {
             what,
             position: position(),
